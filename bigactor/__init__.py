@@ -1,0 +1,134 @@
+"""bigactor turns one Python program into a cluster.
+
+Computing model
+    The program you run is the *driver*. It opens a cluster on a *system* (worker processes on
+    this host by default; in-process machines for tests; third-party systems by name), starts
+    *machines* on it, and places *actors* on them: plain Python objects whose methods it then
+    calls as if they were local. Machines never run your ``__main__``: classes and functions
+    defined there travel by value (dill). The driver's ``sys.path``, working directory and
+    ``sys.argv`` are the workers' too.
+
+Example::
+
+    import trio, bigactor
+
+    class Counter:
+        def __init__(self, start=0):
+            self.n = start
+        async def add(self, k):
+            self.n += k
+            return self.n
+
+    async def main():
+        async with bigactor.open_cluster() as cluster:
+            counter = await cluster.spawn(Counter, 10)   # a new machine hosting Counter(10)
+            print(await counter.add(5))                  # 15
+
+    trio.run(main)
+
+Lifecycle
+    ``open_cluster`` owns a nursery in which every machine's life runs: boot, then keepalives.
+    A machine moves through ``State.UNSTARTED < STARTING < RUNNING < STOPPED`` and never back.
+    Leaving the ``async with`` shuts every machine down, flushes its output and leaves no
+    process behind, whether the body returned, raised or was cancelled. A worker whose driver
+    dies (even by SIGKILL) exits at once.
+
+Calls
+    ``await handle.method(...)`` and ``await machine.call("service.method", ...)`` run the
+    method on its machine. Async methods run concurrently on the machine's Trio loop; sync
+    methods run one at a time per actor in a worker thread, in the order each caller sent
+    them; generator methods stream (``async for x in handle.numbers(10)``). Cancelling the
+    caller cancels the remote method. Time limits are the caller's: ``with trio.fail_after(5)``.
+
+Failure model
+    Every failure is visible and names its cause. An exception raised remotely is re-raised in
+    the caller as its own type and as :class:`RemoteError`, with the remote traceback as a note.
+    When a machine stops (process exit, keepalive lapse, ``cancel()``) every pending and new
+    call on it raises :class:`MachineLost` at once, and ``machine.error`` says why. A broken
+    connection to a live machine raises the retriable :class:`TransportError`; ``retry_call``
+    re-sends retriable failures with backoff. An argument that cannot be serialised raises
+    :class:`CodecError` in the caller, naming the culprit, before anything is sent.
+
+Security
+    Every connection is authenticated with a per-cluster key before anything it carries is
+    deserialised; local workers listen on Unix sockets only the driver's user can reach.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._actor import ActorHandle, Environ, Services
+from ._cluster import Cluster
+from ._errors import (
+    BigActorError,
+    BigActorInternalError,
+    ClusterClosed,
+    CodecError,
+    MachineError,
+    MachineLost,
+    MachineStartError,
+    ProtocolError,
+    RemoteError,
+    ServiceNotFound,
+    TransportError,
+)
+from ._machine import Machine, RemoteStream, State
+from ._open import open_cluster
+from ._system import Instance, KeepaliveConfig, System
+from ._version import __version__
+from .supervisor import Context, DiskInfo, Info, LoadInfo, MemInfo
+
+__all__ = [
+    "ActorHandle",
+    "BigActorError",
+    "BigActorInternalError",
+    "Cluster",
+    "ClusterClosed",
+    "CodecError",
+    "Context",
+    "DiskInfo",
+    "Environ",
+    "Info",
+    "Instance",
+    "KeepaliveConfig",
+    "LoadInfo",
+    "Machine",
+    "MachineError",
+    "MachineLost",
+    "MachineStartError",
+    "MemInfo",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteStream",
+    "ServiceNotFound",
+    "Services",
+    "State",
+    "System",
+    "TransportError",
+    "__version__",
+    "open_cluster",
+    "run",
+]
+
+
+def run(main: Any, *args: Any) -> Any:
+    """Run ``main(*args)`` under Trio (``trio.run``); the entry point of a driver program."""
+    import trio
+
+    return trio.run(main, *args)
+
+
+def _fixup_module_metadata() -> None:
+    """Make public names report ``bigactor`` as their module (stable names in tracebacks and
+    in what dill writes, wherever the code lives)."""
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("bigactor."):
+            try:
+                obj.__module__ = "bigactor"
+            except (AttributeError, TypeError):
+                pass
+
+
+_fixup_module_metadata()

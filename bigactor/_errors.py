@@ -1,0 +1,190 @@
+"""The error tree of bigactor.
+
+::
+
+    BigActorError(Exception)
+    ├── MachineError(addr, message)
+    │   ├── MachineStartError        the machine never reached RUNNING (boot, versions, init)
+    │   ├── MachineLost              the machine stopped: process exit, keepalive lapse, cancel
+    │   └── TransportError           the connection broke; the machine may still be alive
+    ├── RemoteError                  an exception raised by the remote method
+    ├── CodecError(TypeError)        a value could not be serialised or deserialised
+    ├── ServiceNotFound(LookupError) no such actor or method on the machine
+    ├── ProtocolError                a peer sent bytes that break the wire protocol
+    ├── ClusterClosed(trio.ClosedResourceError)
+    └── BigActorInternalError        should never happen; please report
+
+Every class has a ``retriable`` flag: ``Machine.retry_call`` re-sends a call only when the
+error it got says so (bigmachine's severity). Every error pickles: constructors pass all their
+arguments to ``super().__init__`` and ``__str__`` formats them, so dill rebuilds them exactly.
+
+A remote exception arrives as an instance of a subclass of both its original type and
+:class:`RemoteError` (so ``except KeyError:`` works in the caller); when the original type cannot
+be rebuilt it arrives as a plain :class:`RemoteError` carrying the type name and message. The
+remote traceback travels as a PEP 678 note and as ``RemoteError.remote_traceback``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, ClassVar
+
+import trio
+
+
+class BigActorError(Exception):
+    """Base class of every error bigactor raises itself."""
+
+    retriable: ClassVar[bool] = False
+
+
+class MachineError(BigActorError):
+    """A machine failed; ``addr`` names it."""
+
+    def __init__(self, addr: str, message: str) -> None:
+        super().__init__(addr, message)
+        self.addr = addr
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"machine {self.addr}: {self.message}"
+
+
+class MachineStartError(MachineError):
+    """The machine failed before it reached RUNNING (boot, version check, service init)."""
+
+
+class MachineLost(MachineError):
+    """The machine has stopped; calls on it can never succeed."""
+
+
+class TransportError(MachineError):
+    """The connection to a machine broke or could not be made; the machine may be alive.
+
+    The call may or may not have reached the machine. It is retriable: ``retry_call`` re-sends
+    it, so only use ``retry_call`` for calls that are safe to repeat.
+    """
+
+    retriable: ClassVar[bool] = True
+
+
+class CodecError(BigActorError, TypeError):
+    """A value could not be serialised (in the caller) or deserialised (on arrival).
+
+    ``path`` names the culprit inside the value, e.g. ``arg 0 -> .conn -> socket``.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message, path)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        where = f" (at {self.path})" if self.path else ""
+        return f"{self.message}{where}"
+
+
+class ServiceNotFound(BigActorError, LookupError):
+    """The machine hosts no such actor, or the actor has no such public method."""
+
+    def __init__(self, addr: str, target: str, message: str) -> None:
+        super().__init__(addr, target, message)
+        self.addr = addr
+        self.target = target
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"machine {self.addr}: {self.target}: {self.message}"
+
+
+class ProtocolError(BigActorError):
+    """A peer sent bytes that do not follow the wire protocol; the connection is closed."""
+
+
+class ClusterClosed(BigActorError, trio.ClosedResourceError):
+    """The cluster has been closed; it starts and dials nothing more."""
+
+
+class BigActorInternalError(BigActorError):
+    """Should never happen; please report it with the traceback."""
+
+
+class RemoteError(BigActorError):
+    """An exception raised by a remote method, re-raised in the caller.
+
+    Attributes:
+        type_name: the qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+        remote_traceback: the formatted traceback on the machine.
+        addr: the machine that raised it.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "", addr: str = "") -> None:
+        super().__init__(type_name, message, remote_traceback, addr)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.addr = addr
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+_remote_types: dict[type[BaseException], type[BaseException]] = {}
+
+
+def _remote_subclass(orig: type[BaseException]) -> type[BaseException] | None:
+    """Return a class deriving from both ``orig`` and RemoteError, or None if impossible."""
+    if issubclass(orig, RemoteError):
+        return orig
+    sub = _remote_types.get(orig)
+    if sub is None:
+        try:
+            sub = type(orig.__name__, (orig, RemoteError), {"__module__": orig.__module__,
+                                                             "__qualname__": orig.__qualname__,
+                                                             "__reduce__": _remote_reduce,
+                                                             "__str__": orig.__str__})
+        except TypeError:
+            return None
+        _remote_types[orig] = sub
+    return sub
+
+
+def _remote_reduce(self: BaseException) -> tuple[Any, ...]:
+    orig = type(self).__mro__[1]
+    return (_rebuild_remote, (orig, self.args, dict(self.__dict__)))
+
+
+def _rebuild_remote(orig: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    sub = _remote_subclass(orig)
+    assert sub is not None
+    exc = sub.__new__(sub, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def as_remote(exc: BaseException, type_name: str, remote_traceback: str, addr: str) -> BaseException:
+    """Turn an exception rebuilt from a remote machine into one that is also a RemoteError."""
+    sub = _remote_subclass(type(exc))
+    if sub is None:
+        out: BaseException = RemoteError(type_name, str(exc), remote_traceback, addr)
+    elif sub is type(exc):
+        out = exc
+    else:
+        out = sub.__new__(sub, *exc.args)
+        out.args = exc.args
+        out.__dict__.update(exc.__dict__)
+    out.__dict__.update(type_name=type_name, remote_traceback=remote_traceback, addr=addr,
+                        message=str(exc))
+    if remote_traceback:
+        out.add_note(f"remote traceback (machine {addr}):\n{remote_traceback.rstrip()}")
+    return out
+
+
+def check_picklable(exc: BaseException) -> bool:
+    """Return whether ``exc`` survives a pickle round trip with its type intact."""
+    try:
+        return type(pickle.loads(pickle.dumps(exc))) is type(exc)
+    except Exception:
+        return False

@@ -1,0 +1,499 @@
+"""Machine: one worker process as the driver sees it, with its lifecycle and calls.
+
+States only move forward: ``UNSTARTED < STARTING < RUNNING < STOPPED``. The first error that
+stops a machine is kept (``machine.error``) and names its cause: the process's exit code or
+signal, a keepalive lapse with its timing, ``cancel()``, a failed boot or service ``init``.
+
+Fail fast: once a machine stops, every call pending on it raises :class:`MachineLost` at once,
+and so does every new call. An owned machine is kept alive by keepalives (period, timeout and
+per-attempt timeout from its system's :class:`KeepaliveConfig`); a dialed one is only pinged.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import trio
+
+from . import _codec, _rpc
+from ._errors import (
+    BigActorError,
+    CodecError,
+    MachineError,
+    MachineLost,
+    MachineStartError,
+    RemoteError,
+    TransportError,
+)
+from ._rpc import Kind
+from ._system import Instance, KeepaliveConfig
+from .supervisor import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
+
+log = logging.getLogger("bigactor")
+
+KEEPALIVE_NEXT = 300.0  # "keep me alive for 5 min from now", as bigmachine asks
+SHUTDOWN_GRACE = 5.0
+LAST_LINES = 20
+
+
+def backoff() -> Any:
+    """bigmachine's retry waits: 1 s, then x1.5 each time, capped at 5 s."""
+    wait = 1.0
+    while True:
+        yield wait
+        wait = min(wait * 1.5, 5.0)
+
+
+class State(enum.IntEnum):
+    """Where a machine is in its life; states only move forward."""
+
+    UNSTARTED = 0
+    STARTING = 1
+    RUNNING = 2
+    STOPPED = 3
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Machine:
+    """A machine of the cluster: call its services, watch its state, stop it.
+
+    Machines come from ``Cluster.start``, ``Cluster.spawn`` or ``Cluster.dial``; there is no
+    public constructor.
+    """
+
+    def __init__(self, addr: str, key: bytes, nursery: trio.Nursery, *, owned: bool,
+                 keepalive: KeepaliveConfig, maxprocs: int = 1, hostname: str = "",
+                 instance: Instance | None = None, services: dict[str, bytes] | None = None,
+                 boot_timeout: float = 60.0, on_stop: Callable[[Machine], None] | None = None,
+                 names: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.addr = addr
+        self.owned = owned
+        self.maxprocs = maxprocs
+        self.hostname = hostname or _hostname(addr)
+        self._key = key
+        self._cluster_nursery = nursery
+        self._keepalive = keepalive
+        self._instance = instance
+        self._services = services or {}
+        self._boot_timeout = boot_timeout
+        self._on_stop = on_stop
+        self._names = names
+        self._state = State.UNSTARTED
+        self._events = {s: trio.Event() for s in State}
+        self._error: MachineError | None = None
+        self._conn: _rpc.Connection | None = None
+        self._dial_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._scope = trio.CancelScope()
+        self._reply_times: deque[float] = deque(maxlen=10)
+        self._next_keepalive = 0.0
+        self._shutting_down = False
+        self._exited = trio.Event()
+        self._tail_done = trio.Event()
+        self._marker_seen = False
+        self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
+        self.info_: Info | None = None
+
+    def __repr__(self) -> str:
+        return f"<Machine {self.addr} {self._state}{' owned' if self.owned else ''}>"
+
+    # -- accessors ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The machine's current state."""
+        return self._state
+
+    @property
+    def error(self) -> MachineError | None:
+        """The first error that stopped the machine (sticky), or None."""
+        return self._error
+
+    @property
+    def keepalive_reply_times(self) -> list[float]:
+        """Round-trip times (s) of the last ≤10 keepalives, most recent first."""
+        return list(reversed(self._reply_times))
+
+    @property
+    def next_keepalive(self) -> float:
+        """Wall-clock time (``time.time()``) until which the worker stays alive; 0 before the first."""
+        return self._next_keepalive
+
+    async def wait(self, state: State) -> State:
+        """Wait until the machine's state is at least ``state``; return the state then.
+
+        ``wait(State.RUNNING)`` also returns when the machine STOPPED: re-check the result.
+        Cancelling the caller just stops the wait.
+        """
+        await self._events[state].wait()
+        return self._state
+
+    def cancel(self) -> None:
+        """Stop the machine now: pending and new calls raise MachineLost; the worker is killed."""
+        self._fail(MachineLost(self.addr, "cancelled by the caller"))
+
+    async def shutdown(self) -> None:
+        """Stop the machine gracefully: ask the worker to exit, flush its output, then stop.
+
+        Waits up to 5 s for the worker to exit and its output to drain, then kills it. An
+        unowned (dialed) machine is only forgotten, never stopped. Shielded from cancellation.
+        """
+        with trio.CancelScope(shield=True):
+            if self.owned and self._state == State.RUNNING:
+                self._shutting_down = True
+                with trio.move_on_after(SHUTDOWN_GRACE):
+                    try:
+                        await self._raw_call("Supervisor.shutdown", 0.0, SYNC_MARKER)
+                    except BigActorError as exc:
+                        log.debug("%s: shutdown call failed: %s", self.addr, exc)
+                    else:
+                        if self._instance is not None:
+                            await self._tail_done.wait()
+            self._fail(MachineLost(self.addr, "shut down"))
+            if self._instance is not None:
+                self._instance.kill()
+
+    # -- state changes ------------------------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        if state <= self._state:
+            return
+        self._state = state
+        for s, event in self._events.items():
+            if s <= state:
+                event.set()
+
+    def _fail(self, error: MachineError) -> None:
+        """Stop the machine with ``error`` unless it already stopped (the first error sticks)."""
+        if self._state == State.STOPPED:
+            return
+        self._error = error
+        if self._state >= State.RUNNING or not isinstance(error, MachineStartError):
+            log.log(logging.INFO if "shut down" in error.message else logging.ERROR, "%s", error)
+        else:
+            log.error("%s", error)
+        self._set_state(State.STOPPED)
+        if self._conn is not None:
+            self._conn.abort(self._lost())
+        self._scope.cancel()
+        if self._on_stop is not None:
+            self._on_stop(self)
+
+    def _lost(self) -> MachineLost:
+        err = self._error
+        exc = MachineLost(self.addr, f"machine stopped: {err.message if err else 'unknown cause'}")
+        exc.__cause__ = err
+        return exc
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Run the machine's life: boot, then keepalives (owned) or pings (dialed)."""
+        self._set_state(State.STARTING)
+        started = trio.current_time()
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    if self._instance is not None:
+                        nursery.start_soon(self._watch_exit)
+                    try:
+                        with trio.fail_after(self._boot_timeout):
+                            await self._boot()
+                    except trio.TooSlowError:
+                        raise MachineStartError(self.addr, f"not ready after {self._boot_timeout:.0f} s") from None
+                    self._set_state(State.RUNNING)
+                    log.debug("%s: running after %.3f s", self.addr, trio.current_time() - started)
+                    if self.owned:
+                        await self._keepalive_loop()
+                    else:
+                        await self._ping_loop()
+        except MachineError as exc:
+            self._fail(exc)
+        except _rpc.VersionMismatch as exc:
+            self._fail(MachineStartError(self.addr, str(exc)))
+        finally:
+            if self._state != State.STOPPED:
+                self._fail(MachineLost(self.addr, "cluster closed"))
+            if self._instance is not None:
+                self._instance.kill()
+
+    async def _watch_exit(self) -> None:
+        assert self._instance is not None
+        how = await self._instance.wait_exit()
+        self._exited.set()
+        # The output usually ends first; give the tail a moment so the error can quote it.
+        with trio.move_on_after(0.05):
+            await self._tail_done.wait()
+        if self._shutting_down:
+            self._fail(MachineLost(self.addr, f"shut down ({how})"))
+            return
+        tail = "".join(f"\n    {line}" for line in self.last_lines)
+        msg = f"{how}" + (f"; last output:{tail}" if tail else "")
+        cls = MachineLost if self._state >= State.RUNNING else MachineStartError
+        self._fail(cls(self.addr, msg))
+
+    async def _tail(self) -> None:
+        """Copy the machine's output to the driver's stderr, prefixed with its address."""
+        assert self._instance is not None
+        import sys
+
+        def line(text: str) -> None:
+            if text == SYNC_MARKER:
+                self._marker_seen = True
+                self._tail_done.set()
+                return
+            self.last_lines.append(text)
+            sys.stderr.write(f"{self.addr}: {text}\n")
+
+        try:
+            await self._instance.tail(line)
+        finally:
+            sys.stderr.flush()
+            self._tail_done.set()
+
+    async def _boot(self) -> None:
+        conn = await self._connection(booting=True)
+        del conn
+        self.info_ = await self._raw_call("Supervisor.info")
+        for name, blob in self._services.items():
+            try:
+                await self._raw_call("Supervisor.register", name, blob)
+            except RemoteError as exc:
+                raise MachineStartError(self.addr, f"service {name!r} failed to start: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+            except CodecError as exc:
+                raise MachineStartError(self.addr, f"service {name!r} cannot be decoded on the "
+                                        f"machine: {exc}") from exc
+        names = self._names() if self._names is not None else None
+        if names:
+            await self._raw_call("Supervisor.set_names", names)
+
+    async def _keepalive_loop(self) -> None:
+        cfg = self._keepalive
+        while True:
+            reply = await self._keepalive_once()
+            await trio.sleep(min(reply.next, cfg.period) / 2)
+
+    async def _keepalive_once(self) -> KeepaliveReply:
+        cfg = self._keepalive
+        start = trio.current_time()
+        waits = backoff()
+        while True:
+            t0 = trio.current_time()
+            try:
+                with trio.fail_after(cfg.rpc_timeout):
+                    reply: KeepaliveReply = await self._raw_call("Supervisor.keepalive", KEEPALIVE_NEXT)
+            except (TransportError, trio.TooSlowError, RemoteError) as exc:
+                last: BaseException = exc
+            else:
+                self._reply_times.append(trio.current_time() - t0)
+                self._next_keepalive = time.time() + reply.next
+                return reply
+            wait = next(waits)
+            now = trio.current_time()
+            if now + wait > start + cfg.timeout:
+                what = "no reply within the rpc timeout" if isinstance(last, trio.TooSlowError) else str(last)
+                raise MachineLost(self.addr, f"keepalive failed after {now - start:.1f} s "
+                                  f"(timeout={cfg.timeout} s, rpc timeout={cfg.rpc_timeout} s): {what}")
+            await trio.sleep(wait)
+
+    async def _ping_loop(self) -> None:
+        cfg = self._keepalive
+        while True:
+            await trio.sleep(cfg.period / 2)
+            start = trio.current_time()
+            waits = backoff()
+            while True:
+                try:
+                    with trio.fail_after(cfg.rpc_timeout):
+                        await self._raw_call("Supervisor.ping", 1)
+                    break
+                except (TransportError, trio.TooSlowError) as exc:
+                    wait = next(waits)
+                    now = trio.current_time()
+                    if now + wait > start + cfg.timeout:
+                        raise MachineLost(self.addr, f"ping failed after {now - start:.1f} s "
+                                          f"(timeout={cfg.timeout} s): {exc or 'no reply'}") from exc
+                    await trio.sleep(wait)
+
+    # -- calls --------------------------------------------------------------------------------
+
+    async def _connection(self, booting: bool = False) -> _rpc.Connection:
+        """The live connection, dialing it if needed; MachineLost once the machine stopped."""
+        while True:
+            if self._state == State.STOPPED:
+                raise self._lost()
+            if self._state == State.RUNNING or booting:
+                conn = self._conn
+                if conn is not None and not conn.broken:
+                    return conn
+                async with self._dial_lock:
+                    if self._conn is None or self._conn.broken:
+                        if self._nursery is None or self._state == State.STOPPED:
+                            raise self._lost()
+                        conn, peer = await _rpc.connect(self._nursery, self.addr, self._key)
+                        _rpc.check_versions(self.addr, peer)
+                        self._conn = conn
+                    return self._conn
+            await self.wait(State.RUNNING)
+
+    async def _raw_call(self, target: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._invoke(_codec.dumps_call(target, args, kwargs), target, booting=True)
+
+    async def _invoke(self, payload: bytes, target: str, booting: bool = False) -> Any:
+        conn = await self._connection(booting)
+        try:
+            kind, data = await conn.call(payload)
+        except TransportError as exc:
+            raise await self._classify(exc) from None
+        if kind is Kind.REPLY:
+            try:
+                return _codec.loads(data)
+            except Exception as exc:
+                raise CodecError(f"cannot decode the reply of {target} from {self.addr}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        raise _rpc.decode_error(data, self.addr)
+
+    async def _classify(self, exc: BigActorError) -> BigActorError:
+        """A broken connection: MachineLost if the machine stops right away, else retriable."""
+        if isinstance(exc, MachineLost):
+            return exc
+        with trio.move_on_after(0.2):
+            await self._events[State.STOPPED].wait()
+        return self._lost() if self._state == State.STOPPED else exc
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``"service.method"`` on the machine with the given arguments; return its result.
+
+        Waits while the machine is starting. Raises the remote exception (also a RemoteError),
+        MachineLost if the machine stops or stopped, TransportError if the connection broke,
+        CodecError if an argument cannot be serialised (before anything is sent).
+        Cancelling the caller cancels the remote method and raises ``trio.Cancelled``.
+        """
+        return await self._invoke(_codec.dumps_call(method, args, kwargs), method)
+
+    async def retry_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Like :meth:`call`, but re-send after retriable errors (backoff 1 s, x1.5, ≤5 s).
+
+        Retries until the caller's deadline; a wait that would pass the deadline is not taken
+        and the last error is raised instead. Use only for calls that are safe to repeat.
+        """
+        waits = backoff()
+        while True:
+            try:
+                return await self.call(method, *args, **kwargs)
+            except BigActorError as exc:
+                if not exc.retriable:
+                    raise
+                wait = next(waits)
+                deadline = trio.current_effective_deadline()
+                if deadline != math.inf and trio.current_time() + wait > deadline:
+                    raise
+                log.debug("%s: retrying %s in %.1f s after: %s", self.addr, method, wait, exc)
+                await trio.sleep(wait)
+
+    def stream(self, method: str, *args: Any, **kwargs: Any) -> RemoteStream:
+        """Call a generator method and iterate its items: ``async for x in m.stream(...)``.
+
+        Items arrive with back-pressure. Use ``async with`` (or exhaust the stream) so that a
+        stream you stop early is cancelled on the machine at once.
+        """
+        return RemoteStream(self, method, _codec.dumps_call(method, args, kwargs))
+
+    async def info(self) -> Info:
+        """Versions, platform, code digest, pid, hostname and start time of the worker."""
+        info: Info = await self.call("Supervisor.info")
+        return info
+
+    async def mem_info(self) -> MemInfo:
+        """Memory of the machine and the worker's RSS (psutil)."""
+        result: MemInfo = await self.call("Supervisor.mem_info")
+        return result
+
+    async def disk_info(self) -> DiskInfo:
+        """Usage of the filesystem of the worker's temporary directory (psutil)."""
+        result: DiskInfo = await self.call("Supervisor.disk_info")
+        return result
+
+    async def load_info(self) -> LoadInfo:
+        """Load averages of the machine."""
+        result: LoadInfo = await self.call("Supervisor.load_info")
+        return result
+
+
+class RemoteStream:
+    """The items of a remote generator method; an async iterator and async context manager."""
+
+    def __init__(self, machine: Machine, method: str, payload: bytes) -> None:
+        self._machine = machine
+        self._method = method
+        self._payload = payload
+        self._conn: _rpc.Connection | None = None
+        self._id: int | None = None
+        self._finished = False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._conn is None:
+            self._conn = await self._machine._connection()
+            try:
+                self._id = self._conn.open_stream(self._payload)
+            except TransportError as exc:
+                self._finished = True
+                raise await self._machine._classify(exc) from None
+        assert self._id is not None
+        kind, data = await self._conn.next_item(self._id)
+        if kind is Kind.STREAM_DATA:
+            return _codec.loads(data)
+        self._close()
+        if kind is Kind.STREAM_END:
+            raise StopAsyncIteration
+        if isinstance(data, TransportError):
+            raise await self._machine._classify(data) from None
+        if isinstance(data, BaseException):
+            raise data
+        raise _rpc.decode_error(data, self._machine.addr)
+
+    def _close(self) -> None:
+        self._finished = True
+        if self._conn is not None and self._id is not None:
+            self._conn.close_stream(self._id)
+            self._id = None
+
+    async def aclose(self) -> None:
+        """Stop the stream; the machine stops producing it."""
+        self._close()
+
+    async def __aenter__(self) -> RemoteStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._close()
+
+    def __del__(self) -> None:
+        if self._id is not None and not self._finished:
+            try:
+                trio.lowlevel.current_task()
+            except RuntimeError:
+                return  # not in the Trio thread: the connection's end will clean up
+            self._close()
+
+
+def _hostname(addr: str) -> str:
+    scheme, _, rest = addr.partition(":")
+    if scheme == "tcp":
+        return rest.rpartition(":")[0].strip("[]") or "unknown"
+    return "localhost" if scheme in ("unix", "test") else "unknown"

@@ -1,0 +1,47 @@
+"""``open_cluster``: where a program's cluster begins and ends."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ._actor import current_cluster
+from ._cluster import Cluster
+from ._system import System
+from .systems import lookup
+
+
+@asynccontextmanager
+async def open_cluster(system: System | str | None = None, **options: Any) -> AsyncIterator[Cluster]:
+    """Open a cluster on ``system`` and close it, with every machine it started, on exit.
+
+    ``system`` is a System instance or a system name; without one, ``BIGACTOR_SYSTEM`` names
+    it, else ``local``. ``options`` go to the named system's constructor.
+
+    The cluster owns one nursery: every machine's lifecycle runs in it. On exit (normal, error
+    or cancellation) every owned machine is shut down, its output flushed, and no worker process
+    is left behind. Errors from the body propagate unchanged; errors of the cluster's own tasks
+    propagate as an ``ExceptionGroup``.
+    """
+    if system is None or isinstance(system, str):
+        system = lookup(system or os.environ.get("BIGACTOR_SYSTEM") or "local", **options)
+    elif options:
+        raise TypeError("options go with a system name, not with a System instance")
+    key = secrets.token_bytes(32)
+    async with trio.open_nursery() as nursery:
+        await system.setup(nursery, key)
+        cluster = Cluster(nursery, key, system)
+        token = current_cluster.set(cluster)
+        try:
+            yield cluster
+        finally:
+            current_cluster.reset(token)
+            with trio.CancelScope(shield=True):
+                await cluster.aclose()
+                await system.aclose()
+            nursery.cancel_scope.cancel()

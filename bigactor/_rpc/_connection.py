@@ -1,0 +1,275 @@
+"""Connection: one authenticated websocket multiplexing calls by id.
+
+The caller's side issues calls (:meth:`Connection.call`, :meth:`Connection.open_stream`) and
+waits for their replies; the machine's side hands incoming calls to a :class:`Dispatcher` and
+sends what it answers. Each side runs two tasks, owned by the nursery that runs
+:meth:`Connection.run`:
+
+* the sender drains one outbox, packing every queued frame into as few websocket messages as
+  the message limit allows (many calls or replies per message when many are queued);
+* the reader splits each message into frames and wakes whoever waits for them; it decodes no
+  payload itself (the waiting task does), so it never blocks on user data.
+
+A call costs one task switch on each side beyond the transport. When the connection breaks,
+every pending call on it fails with the connection's error at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import outcome
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from .._errors import ProtocolError, TransportError
+from . import _frames
+from ._frames import Kind
+
+log = logging.getLogger("bigactor.rpc")
+
+MAX_MESSAGE = 2 * _frames.CHUNK + 4096
+STREAM_WINDOW = 32
+
+
+class Dispatcher(Protocol):
+    """What the machine's side of a connection does with incoming frames."""
+
+    def call_received(self, conn: Connection, call_id: int, payload: memoryview, flags: int) -> None: ...
+    def cancel_received(self, call_id: int) -> None: ...
+    def credit_received(self, call_id: int, n: int) -> None: ...
+    def closed(self) -> None: ...
+
+
+class _Stream:
+    """Caller-side state of one streamed reply."""
+
+    __slots__ = ("items", "task", "done", "consumed")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[Kind, Any]] = deque()
+        self.task: trio.lowlevel.Task | None = None
+        self.done = False
+        self.consumed = 0
+
+
+class Connection:
+    """One end of an authenticated connection; see the module docstring."""
+
+    def __init__(self, ws: WebSocketConnection, addr: str, dispatcher: Dispatcher | None = None,
+                 on_close: Callable[[BaseException], None] | None = None) -> None:
+        self.addr = addr
+        self._ws = ws
+        self._dispatcher = dispatcher
+        self._on_close = on_close
+        self._outbox: deque[tuple[int, list[bytes | memoryview]]] = deque()
+        self._wakeup = trio.Event()
+        self._pending: dict[int, trio.lowlevel.Task] = {}
+        self._streams: dict[int, _Stream] = {}
+        self._partial: dict[int, list[memoryview]] = {}
+        self._next_id = 1
+        self.error: BaseException | None = None
+        self._done = trio.Event()
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, kind: Kind, call_id: int, payload: bytes | memoryview = b"", flags: int = 0) -> None:
+        """Queue one frame (chunked if large); never blocks."""
+        if self.error is not None:
+            return
+        pieces = _frames.encode(kind, call_id, payload, flags)
+        for i in range(0, len(pieces), 2):
+            frame = pieces[i : i + 2]
+            self._outbox.append((sum(len(p) for p in frame), frame))
+        self._wakeup.set()
+
+    async def _sender(self) -> None:
+        while True:
+            if not self._outbox:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            size, parts = self._outbox.popleft()
+            while self._outbox and size + self._outbox[0][0] <= MAX_MESSAGE:
+                n, more = self._outbox.popleft()
+                size += n
+                parts.extend(more)
+            await self._ws.send_message(b"".join(parts))
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        while True:
+            message = await self._ws.get_message()
+            for frame in _frames.decode(message):  # type: ignore[arg-type]
+                self._dispatch(frame)
+
+    def _dispatch(self, frame: _frames.Frame) -> None:
+        payload = frame.payload
+        if frame.flags & _frames.MORE:
+            self._partial.setdefault(frame.id, []).append(payload)
+            if sum(len(p) for p in self._partial[frame.id]) > (1 << 34):
+                raise ProtocolError("chunked payload larger than 16 GiB")
+            return
+        if frame.id in self._partial:
+            parts = self._partial.pop(frame.id)
+            parts.append(payload)
+            payload = memoryview(b"".join(parts))
+        kind = frame.kind
+        if kind is Kind.REPLY or kind is Kind.ERROR:
+            task = self._pending.pop(frame.id, None)
+            if task is not None:
+                trio.lowlevel.reschedule(task, outcome.Value((kind, payload)))
+            elif frame.id in self._streams:
+                self._stream_item(frame.id, kind, payload)
+        elif kind is Kind.STREAM_DATA or kind is Kind.STREAM_END:
+            self._stream_item(frame.id, kind, payload)
+        elif self._dispatcher is None:
+            raise ProtocolError(f"unexpected {kind.name} frame on a calling connection")
+        elif kind is Kind.CALL:
+            self._dispatcher.call_received(self, frame.id, payload, frame.flags)
+        elif kind is Kind.CANCEL:
+            self._dispatcher.cancel_received(frame.id)
+        elif kind is Kind.CREDIT:
+            if len(payload) != 4:
+                raise ProtocolError("malformed CREDIT frame")
+            self._dispatcher.credit_received(frame.id, int.from_bytes(payload, "little"))
+
+    def _stream_item(self, call_id: int, kind: Kind, payload: memoryview) -> None:
+        stream = self._streams.get(call_id)
+        if stream is None:
+            return  # the caller gave up on this stream; late data is dropped
+        stream.items.append((kind, payload))
+        if kind is not Kind.STREAM_DATA:
+            stream.done = True
+        if stream.task is not None:
+            task, stream.task = stream.task, None
+            trio.lowlevel.reschedule(task)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; then fail everything pending on it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guard, self._sender, nursery.cancel_scope)
+                await self._guard(self._reader, nursery.cancel_scope)
+        finally:
+            self._close(TransportError(self.addr, "connection stopped"))
+
+    async def _guard(self, part: Callable[[], Any], scope: trio.CancelScope) -> None:
+        """Run the sender or reader; turn its end into the connection's error."""
+        error: BaseException
+        try:
+            await part()
+            return
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            error = TransportError(self.addr, f"connection closed ({reason.code}"
+                                   f"{': ' + reason.reason if reason.reason else ''})")
+        except ProtocolError as exc:
+            log.warning("%s: closing connection: %s", self.addr, exc)
+            error = TransportError(self.addr, f"protocol error: {exc}")
+            self._close(error)
+            with trio.move_on_after(1) as shield:
+                shield.shield = True
+                await self._ws.aclose(1002, str(exc)[:120])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            error = TransportError(self.addr, f"connection lost: {exc!r}")
+        self._close(error)
+        scope.cancel()
+
+    def _close(self, error: BaseException) -> None:
+        if self.error is not None:
+            return
+        self.error = error
+        pending, self._pending = self._pending, {}
+        for task in pending.values():
+            trio.lowlevel.reschedule(task, outcome.Error(error))
+        for stream in self._streams.values():
+            stream.items.append((Kind.ERROR, error))
+            stream.done = True
+            if stream.task is not None:
+                trio.lowlevel.reschedule(stream.task)
+                stream.task = None
+        if self._dispatcher is not None:
+            self._dispatcher.closed()
+        if self._on_close is not None:
+            self._on_close(error)
+        self._done.set()
+
+    def abort(self, error: BaseException) -> None:
+        """Fail every pending call with ``error`` now (the machine stopped)."""
+        self._close(error)
+
+    async def aclose(self) -> None:
+        """Close the websocket; pending calls fail. Idempotent."""
+        self._close(TransportError(self.addr, "connection closed by this side"))
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self._ws.aclose()
+
+    # -- calls (caller side) ------------------------------------------------------------------
+
+    async def call(self, payload: bytes) -> tuple[Kind, memoryview]:
+        """Send a CALL and wait for its REPLY or ERROR frame.
+
+        Cancelling the caller sends CANCEL to the machine and re-raises ``trio.Cancelled``.
+        """
+        if self.error is not None:
+            raise self.error
+        call_id = self._next_id
+        self._next_id += 1
+        task = trio.lowlevel.current_task()
+        self._pending[call_id] = task
+        self.send(Kind.CALL, call_id, payload)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            if self._pending.pop(call_id, None) is not None:
+                self.send(Kind.CANCEL, call_id)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        result: tuple[Kind, memoryview] = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
+
+    def open_stream(self, payload: bytes) -> int:
+        """Send a streaming CALL; read it with :meth:`next_item`; end with :meth:`close_stream`."""
+        if self.error is not None:
+            raise self.error
+        call_id = self._next_id
+        self._next_id += 1
+        self._streams[call_id] = _Stream()
+        self.send(Kind.CALL, call_id, payload, _frames.STREAM)
+        return call_id
+
+    async def next_item(self, call_id: int) -> tuple[Kind, Any]:
+        """Wait for the next frame of a stream: STREAM_DATA, STREAM_END or ERROR."""
+        stream = self._streams[call_id]
+        if not stream.items:
+            stream.task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                stream.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        item = stream.items.popleft()
+        if item[0] is Kind.STREAM_DATA:
+            stream.consumed += 1
+            if stream.consumed >= STREAM_WINDOW // 2:
+                self.send(Kind.CREDIT, call_id, stream.consumed.to_bytes(4, "little"))
+                stream.consumed = 0
+        return item
+
+    def close_stream(self, call_id: int) -> None:
+        """Forget a stream; if it has not ended, tell the machine to stop producing it."""
+        stream = self._streams.pop(call_id, None)
+        if stream is not None and not stream.done:
+            self.send(Kind.CANCEL, call_id)

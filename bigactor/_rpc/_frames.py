@@ -1,0 +1,84 @@
+"""Wire frames: the unit of the bigactor protocol inside websocket messages.
+
+A websocket message holds one or more frames back to back, so that many queued calls or
+replies travel in one message. Each frame is a fixed header followed by its payload::
+
+    kind: u8 | flags: u8 | call id: u64 | payload length: u32 | payload
+
+A payload larger than ``CHUNK`` is split into several frames of the same kind and id, all but
+the last with ``MORE`` set; the receiver joins them. Payloads are codec bytes (see _codec) and are
+only decoded once the connection has authenticated.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator
+
+import attrs
+
+from .._errors import ProtocolError
+
+HEADER = struct.Struct("<BBQI")
+CHUNK = 1 << 20
+
+
+class Kind(enum.IntEnum):
+    CALL = 1  # payload: dumps_call(target, args, kwargs)
+    REPLY = 2  # payload: codec value
+    ERROR = 3  # payload: encoded error (see _rpc._errorcodec)
+    CANCEL = 4  # no payload: the caller gave up on this call
+    STREAM_DATA = 5  # payload: one item of a streamed reply
+    STREAM_END = 6  # no payload: the stream is complete
+    CREDIT = 7  # payload: u32, items the caller is ready to receive
+
+
+MORE = 1  # flag: payload continues in the next frame of this id
+STREAM = 2  # flag on CALL: the caller iterates the reply as a stream
+
+_KINDS = frozenset(int(k) for k in Kind)
+
+
+@attrs.frozen
+class Frame:
+    kind: Kind
+    id: int
+    payload: bytes | memoryview = b""
+    flags: int = 0
+
+
+def encode(kind: Kind, call_id: int, payload: bytes | memoryview = b"", flags: int = 0) -> list[bytes | memoryview]:
+    """Return the wire pieces of one logical frame, chunked when the payload is large."""
+    n = len(payload)
+    if n <= CHUNK:
+        return [HEADER.pack(kind, flags, call_id, n), payload] if n else [HEADER.pack(kind, flags, call_id, 0)]
+    view = memoryview(payload)
+    out: list[bytes | memoryview] = []
+    for start in range(0, n, CHUNK):
+        piece = view[start : start + CHUNK]
+        more = MORE if start + CHUNK < n else 0
+        out.append(HEADER.pack(kind, flags | more, call_id, len(piece)))
+        out.append(piece)
+    return out
+
+
+def decode(message: bytes) -> Iterator[Frame]:
+    """Split a websocket message into frames; raise ProtocolError on anything malformed."""
+    if not isinstance(message, (bytes, bytearray)):
+        raise ProtocolError("text message where binary frames were expected")
+    view = memoryview(message)
+    pos, end = 0, len(message)
+    if end == 0:
+        raise ProtocolError("empty message")
+    while pos < end:
+        if end - pos < HEADER.size:
+            raise ProtocolError(f"truncated frame header ({end - pos} bytes)")
+        kind, flags, call_id, n = HEADER.unpack_from(view, pos)
+        pos += HEADER.size
+        if kind not in _KINDS:
+            raise ProtocolError(f"unknown frame kind {kind}")
+        if n > end - pos:
+            raise ProtocolError(f"truncated frame: payload of {n} bytes, {end - pos} left")
+        yield Frame(Kind(kind), call_id, view[pos : pos + n], flags)
+        pos += n

@@ -1,0 +1,287 @@
+"""The machine's side of the wire: the actors a machine hosts and how calls reach them.
+
+Ordering: a CALL frame is decoded by the connection's reader as it arrives. A call to a sync
+method is queued on its actor at once, in arrival order, and one task per actor runs the queue
+one call at a time in a worker thread; so calls from one caller run in the order sent. Async
+methods run as their own task at once and interleave at await points. Generator methods stream
+items under credit from the caller (back-pressure); steps of a sync generator queue like calls.
+
+Cancellation: a CANCEL frame cancels the async method's cancel scope; a queued sync call that
+has not started is dropped; a running one finishes and its result is discarded.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .. import _codec
+from .._errors import CodecError, ProtocolError, ServiceNotFound
+from . import _frames
+from ._connection import STREAM_WINDOW, Connection
+from ._frames import Kind
+from ._remote import encode_error
+
+log = logging.getLogger("bigactor.rpc")
+
+RunSync = Callable[..., Awaitable[Any]]
+
+SYNC, ASYNC, SYNC_GEN, ASYNC_GEN = "sync", "async", "sync_gen", "async_gen"
+
+
+def method_kind(fn: Any) -> str:
+    """Classify a method as sync, async, sync generator or async generator."""
+    fn = inspect.unwrap(fn)
+    if inspect.isasyncgenfunction(fn):
+        return ASYNC_GEN
+    if inspect.isgeneratorfunction(fn):
+        return SYNC_GEN
+    if inspect.iscoroutinefunction(fn):
+        return ASYNC
+    return SYNC
+
+
+def method_table(obj: Any) -> dict[str, str]:
+    """Public methods of a class or instance with their kinds."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    out = {}
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        attr = inspect.getattr_static(cls, name, None)
+        if isinstance(attr, (staticmethod, classmethod)):
+            attr = attr.__func__
+        if callable(attr):
+            out[name] = method_kind(attr)
+    return out
+
+
+class _Job:
+    __slots__ = ("fn", "args", "kwargs", "cancelled", "done")
+
+    def __init__(self, fn: Callable[..., Any], args: Any, kwargs: Any,
+                 done: Callable[[bool, Any], None]) -> None:
+        self.fn, self.args, self.kwargs, self.done = fn, args, kwargs, done
+        self.cancelled = False
+
+
+class Actor:
+    """One hosted object: its instance, method kinds and queue of sync work."""
+
+    def __init__(self, name: str, instance: Any) -> None:
+        self.name = name
+        self.instance = instance
+        self.methods = method_table(instance)
+        self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
+        self.calls: dict[str, int] = {}
+
+    def submit(self, job: _Job) -> None:
+        """Queue sync work; it runs after everything queued before it."""
+        self._send.send_nowait(job)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in this actor's queue and wait for its result (exceptions re-raised)."""
+        result: list[Any] = []
+        finished = trio.Event()
+
+        def done(ok: bool, value: Any) -> None:
+            result[:] = [ok, value]
+            finished.set()
+
+        job = _Job(fn, args, {}, done)
+        self.submit(job)
+        try:
+            await finished.wait()
+        except BaseException:
+            job.cancelled = True
+            raise
+        ok, value = result
+        if not ok:
+            raise value
+        return value
+
+    async def serve(self, run_sync: RunSync) -> None:
+        """Run the queue forever, one job at a time."""
+        async for job in self._receive:
+            if job.cancelled:
+                continue
+            try:
+                value = await run_sync(job.fn, *job.args, **job.kwargs)
+            except Exception as exc:
+                job.done(False, exc)
+            else:
+                job.done(True, value)
+
+    def close(self) -> None:
+        self._send.close()
+
+
+class ActorTable:
+    """The actors a machine hosts, by name."""
+
+    def __init__(self, addr: str, nursery: trio.Nursery, run_sync: RunSync) -> None:
+        self.addr = addr
+        self.actors: dict[str, Actor] = {}
+        self._nursery = nursery
+        self._run_sync = run_sync
+        self._counter = 0
+
+    def add(self, name: str | None, instance: Any) -> Actor:
+        """Host ``instance`` as ``name`` (a fresh name if None); a taken name is an error."""
+        if name is None:
+            self._counter += 1
+            name = f"{type(instance).__name__}-{self._counter}"
+        if name in self.actors:
+            raise ValueError(f"machine {self.addr} already hosts an actor named {name!r}")
+        actor = Actor(name, instance)
+        self.actors[name] = actor
+        self._nursery.start_soon(actor.serve, self._run_sync, name=f"actor {name}")
+        return actor
+
+    def resolve(self, target: str) -> tuple[Actor, Callable[..., Any], str]:
+        name, _, method = target.rpartition(".")
+        actor = self.actors.get(name)
+        if actor is None:
+            raise ServiceNotFound(self.addr, target, f"no actor named {name!r} "
+                                  f"(hosted here: {', '.join(sorted(self.actors)) or 'none'})")
+        kind = actor.methods.get(method)
+        if kind is None:
+            raise ServiceNotFound(self.addr, target, f"{type(actor.instance).__name__} has no "
+                                  f"public method {method!r}")
+        return actor, getattr(actor.instance, method), kind
+
+
+class _Credit:
+    __slots__ = ("n", "event")
+
+    def __init__(self) -> None:
+        self.n = STREAM_WINDOW
+        self.event = trio.Event()
+
+
+class CallDispatcher:
+    """Runs the calls arriving on one connection against an ActorTable."""
+
+    def __init__(self, table: ActorTable, nursery: trio.Nursery, run_sync: RunSync) -> None:
+        self._table = table
+        self._nursery = nursery
+        self._run_sync = run_sync
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._jobs: dict[int, _Job] = {}
+        self._credits: dict[int, _Credit] = {}
+
+    def call_received(self, conn: Connection, call_id: int, payload: memoryview, flags: int) -> None:
+        try:
+            try:
+                target, args, kwargs = _codec.loads(payload)
+            except Exception as exc:
+                raise CodecError(f"machine {self._table.addr} could not decode a call: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+            if not isinstance(target, str) or not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                raise ProtocolError("CALL payload is not (target, args, kwargs)")
+            actor, fn, kind = self._table.resolve(target)
+            stream = bool(flags & _frames.STREAM)
+            if stream != (kind in (SYNC_GEN, ASYNC_GEN)):
+                raise TypeError(f"{target} is a {'generator' if not stream else 'plain'} method: "
+                                + ("iterate it with 'async for'" if not stream else "await it"))
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            conn.send(Kind.ERROR, call_id, encode_error(exc, framework=True))
+            return
+        actor.calls[target] = actor.calls.get(target, 0) + 1
+        if kind == SYNC:
+            def done(ok: bool, value: Any) -> None:
+                self._jobs.pop(call_id, None)
+                self._reply(conn, call_id, ok, value)
+            job = _Job(fn, args, kwargs, done)
+            self._jobs[call_id] = job
+            actor.submit(job)
+        elif kind == ASYNC:
+            self._nursery.start_soon(self._run_async, conn, call_id, fn, args, kwargs)
+        else:
+            self._credits[call_id] = _Credit()
+            self._nursery.start_soon(self._run_stream, conn, call_id, actor, fn, args, kwargs, kind)
+
+    def _reply(self, conn: Connection, call_id: int, ok: bool, value: Any) -> None:
+        if ok:
+            try:
+                conn.send(Kind.REPLY, call_id, _codec.dumps(value, "the reply"))
+                return
+            except CodecError as exc:
+                value = exc
+        conn.send(Kind.ERROR, call_id, encode_error(value))
+
+    async def _run_async(self, conn: Connection, call_id: int, fn: Callable[..., Any],
+                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes[call_id] = scope
+            try:
+                value = await fn(*args, **kwargs)
+            except Exception as exc:
+                self._reply(conn, call_id, False, exc)
+                return
+            finally:
+                del self._scopes[call_id]
+            self._reply(conn, call_id, True, value)
+
+    async def _run_stream(self, conn: Connection, call_id: int, actor: Actor, fn: Callable[..., Any],
+                          args: tuple[Any, ...], kwargs: dict[str, Any], kind: str) -> None:
+        credit = self._credits[call_id]
+        with trio.CancelScope() as scope:
+            self._scopes[call_id] = scope
+            try:
+                if kind == ASYNC_GEN:
+                    agen = fn(*args, **kwargs)
+                    try:
+                        async for item in agen:
+                            await self._send_item(conn, call_id, credit, item)
+                    finally:
+                        await agen.aclose()
+                else:
+                    gen = await actor.run_sync(functools.partial(fn, *args, **kwargs))
+                    end = object()
+                    try:
+                        while (item := await actor.run_sync(next, gen, end)) is not end:
+                            await self._send_item(conn, call_id, credit, item)
+                    finally:
+                        gen.close()
+                conn.send(Kind.STREAM_END, call_id)
+            except Exception as exc:
+                conn.send(Kind.ERROR, call_id, encode_error(exc))
+            finally:
+                del self._scopes[call_id]
+                del self._credits[call_id]
+
+    async def _send_item(self, conn: Connection, call_id: int, credit: _Credit, item: Any) -> None:
+        while credit.n <= 0:
+            await credit.event.wait()
+            credit.event = trio.Event()
+        credit.n -= 1
+        conn.send(Kind.STREAM_DATA, call_id, _codec.dumps(item, "a streamed item"))
+
+    def cancel_received(self, call_id: int) -> None:
+        scope = self._scopes.get(call_id)
+        if scope is not None:
+            scope.cancel()
+        job = self._jobs.pop(call_id, None)
+        if job is not None:
+            job.cancelled = True
+
+    def credit_received(self, call_id: int, n: int) -> None:
+        credit = self._credits.get(call_id)
+        if credit is not None:
+            credit.n += n
+            credit.event.set()
+
+    def closed(self) -> None:
+        for scope in self._scopes.values():
+            scope.cancel()
+        for job in self._jobs.values():
+            job.cancelled = True

@@ -1,0 +1,73 @@
+"""The System protocol: what a backend (local processes, in-process test machines, EC2, ...)
+provides to the cluster.
+
+A system starts machines and hands back one :class:`Instance` per machine: its address and what
+the system can observe of it from outside (its process exit, its output). Everything else (the
+connection, keepalives, services) is the cluster's and is the same on every system.
+
+Third-party systems register under the entry-point group ``bigactor.systems`` and are chosen by
+name (``BIGACTOR_SYSTEM=name`` or ``open_cluster("name")``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import ClassVar
+
+import attrs
+import trio
+
+
+@attrs.frozen
+class KeepaliveConfig:
+    """How the driver keeps a machine alive (bigmachine's per-system keepalive, spec §2.3).
+
+    A keepalive goes out every ``period / 2`` seconds; each attempt may take ``rpc_timeout``
+    seconds; failed attempts are retried (backoff 1 s, x1.5, capped at 5 s) for ``timeout``
+    seconds, then the machine is declared lost.
+    """
+
+    period: float = 60.0
+    timeout: float = 120.0
+    rpc_timeout: float = 10.0
+
+
+class Instance(abc.ABC):
+    """One machine as its system sees it."""
+
+    addr: str
+    maxprocs: int = 1
+    hostname: str = "localhost"
+
+    async def wait_exit(self) -> str:
+        """Return once the machine's process has ended, describing how; by default, never."""
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def tail(self, line: Callable[[str], None]) -> None:
+        """Call ``line`` with each line the machine prints, until its output ends."""
+
+    def kill(self) -> None:  # noqa: B027 - optional for systems that cannot kill
+        """End the machine now, without grace."""
+
+
+class System(abc.ABC):
+    """A backend that starts machines; see the module docstring."""
+
+    name: ClassVar[str]
+    keepalive: KeepaliveConfig
+    key: bytes
+    #: seconds a machine may take from start to answering its first call
+    boot_timeout: float = 60.0
+
+    @abc.abstractmethod
+    async def setup(self, nursery: trio.Nursery, key: bytes) -> None:
+        """Prepare to start machines; background tasks go in ``nursery`` (the cluster's)."""
+
+    @abc.abstractmethod
+    async def start(self, n: int, env: dict[str, str]) -> list[Instance]:
+        """Start up to ``n`` machines with ``env`` added to their environment."""
+
+    async def aclose(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release everything the system holds; every machine it started is gone after this."""

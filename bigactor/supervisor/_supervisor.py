@@ -1,0 +1,211 @@
+"""The Supervisor service every machine hosts, and the worker process around it.
+
+The driver talks to a machine only through this service: ping, info, keepalive, register a
+service, spawn an actor, environment and argv, process and resource info, shutdown. The
+watchdog ends the worker when keepalives stop coming (bigmachine's behaviour, spec §2.4).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import dill
+import psutil
+import trio
+
+from .. import _codec, _rpc, _version
+from .._errors import CodecError
+from ._info import DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
+
+log = logging.getLogger("bigactor.supervisor")
+
+SYNC_MARKER = "========// bigactor done //========"
+HEALTHY_MEMORY_PERCENT = 95.0
+
+
+@attrs.frozen
+class WatchdogConfig:
+    """When an unattended worker exits: checked every ``tick`` s; ``boot_grace`` s before the
+    first keepalive arrives."""
+
+    tick: float = 30.0
+    boot_grace: float = 120.0
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 over bigactor's own source files: equal digests mean equal code."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+async def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run blocking work in a worker thread (the default for sync methods)."""
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+@attrs.frozen
+class Context:
+    """What a service's ``init(ctx)`` gets: its machine and a cluster for dialing others."""
+
+    addr: str
+    info: Info
+    cluster: Any
+
+
+class Supervisor:
+    """The service named ``Supervisor`` on every machine."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def ping(self, seq: int = 0) -> int:
+        return seq
+
+    async def info(self) -> Info:
+        return self._worker.info()
+
+    async def keepalive(self, next: float) -> KeepaliveReply:
+        return self._worker.keepalive(next)
+
+    async def register(self, name: str, blob: bytes) -> dict[str, str]:
+        """Host the service serialised in ``blob`` as ``name``; run its ``init(ctx)`` if any."""
+        try:
+            instance = _codec.loads(blob)
+        except Exception as exc:
+            raise CodecError(f"cannot decode service {name!r}: {type(exc).__name__}: {exc}") from exc
+        actor = self._worker.table.add(name, instance)
+        init = getattr(instance, "init", None)
+        if init is not None:
+            try:
+                result = init(self._worker.context())
+                if hasattr(result, "__await__"):
+                    await result
+            except BaseException:
+                # A failed init leaves nothing behind: the driver fails the machine.
+                self._worker.table.actors.pop(actor.name, None)
+                actor.close()
+                raise
+        return actor.methods
+
+    async def spawn(self, name: str | None, cls: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        """Construct ``cls(*args, **kwargs)`` here and host it; return its name and methods."""
+        instance = await self._worker.run_sync(cls, *args, **kwargs)
+        actor = self._worker.table.add(name, instance)
+        return actor.name, actor.methods
+
+    async def actors(self) -> dict[str, dict[str, str]]:
+        return {name: a.methods for name, a in self._worker.table.actors.items()}
+
+    async def set_names(self, names: dict[str, tuple[str, dict[str, str]]]) -> None:
+        """Replace this machine's table of the cluster's named actors (see Cluster.actor)."""
+        if self._worker.cluster is not None:
+            self._worker.cluster._names = dict(names)
+
+    async def setenv(self, env: dict[str, str]) -> None:
+        os.environ.update(env)
+
+    async def setargs(self, args: list[str]) -> None:
+        sys.argv[:] = list(args)
+
+    async def getpid(self) -> int:
+        return os.getpid()
+
+    async def mem_info(self) -> MemInfo:
+        vm, rss = await self._worker.run_sync(lambda: (psutil.virtual_memory(), psutil.Process().memory_info().rss))
+        return MemInfo(vm.total, vm.available, vm.used, vm.percent, rss)
+
+    async def disk_info(self) -> DiskInfo:
+        path = tempfile.gettempdir()
+        du = await self._worker.run_sync(psutil.disk_usage, path)
+        return DiskInfo(path, du.total, du.used, du.free, du.percent)
+
+    async def load_info(self) -> LoadInfo:
+        return LoadInfo(*os.getloadavg())
+
+    async def shutdown(self, delay: float = 0.0, message: str = SYNC_MARKER) -> None:
+        """Reply, then after ``delay`` print ``message`` (the output sync marker) and exit 0."""
+        self._worker.nursery.start_soon(self._worker.shutdown, delay, message)
+
+
+class Worker:
+    """One machine's process-wide state: its actors, watchdog and way out."""
+
+    def __init__(self, addr: str, key: bytes, nursery: trio.Nursery, exit: Callable[[int], None],
+                 run_sync: _rpc.RunSync = run_in_thread, watchdog: WatchdogConfig = WatchdogConfig(),
+                 cluster: Any = None) -> None:
+        self.addr = addr
+        self.key = key
+        self.nursery = nursery
+        self.run_sync = run_sync
+        self.cluster = cluster
+        self._exit = exit
+        self._watchdog = watchdog
+        self._started = time.time()
+        self._deadline = trio.current_time() + watchdog.boot_grace
+        self.healthy = True
+        self.exited: int | None = None
+        self.table = _rpc.ActorTable(addr, nursery, run_sync)
+        self.table.add("Supervisor", Supervisor(self))
+        nursery.start_soon(self._watch, name=f"watchdog {addr}")
+
+    def info(self) -> Info:
+        return Info(platform.python_version(), _version.__version__, dill.__version__,
+                    platform.platform(), code_digest(), os.getpid(), socket.gethostname(), self._started)
+
+    def context(self) -> Context:
+        return Context(self.addr, self.info(), self.cluster)
+
+    def keepalive(self, next: float) -> KeepaliveReply:
+        self._deadline = trio.current_time() + next
+        return KeepaliveReply(next, self.healthy)
+
+    def exit(self, code: int) -> None:
+        if self.exited is None:
+            self.exited = code
+            self._exit(code)
+
+    async def _watch(self) -> None:
+        while True:
+            await trio.sleep(self._watchdog.tick)
+            now = trio.current_time()
+            if now > self._deadline:
+                log.error("%s: watchdog expired: no keepalive for %.1f s; exiting",
+                          self.addr, now - self._deadline)
+                self.exit(1)
+                return
+            try:
+                self.healthy = psutil.virtual_memory().percent <= HEALTHY_MEMORY_PERCENT
+            except Exception:
+                pass
+
+    async def shutdown(self, delay: float, message: str) -> None:
+        await trio.sleep(delay)
+        sys.stderr.flush()
+        print(message, flush=True)
+        self.exit(0)
+
+    async def serve(self, listener: trio.abc.Listener[Any], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept and serve connections on ``listener`` forever."""
+        async def handle(stream: trio.abc.Stream) -> None:
+            await _rpc.serve_stream(stream, self.addr, self.key, self.table, self.run_sync)
+
+        await trio.serve_listeners(handle, [listener], task_status=task_status)

@@ -1,0 +1,18 @@
+"""Testing actors: the in-process test system and a pytest plugin.
+
+:class:`TestSystem` runs machines inside the test's process, still serialising every call and
+service, with configurable keepalives, ``kill(machine=None)`` and ``autojump_clock`` support.
+
+With bigactor installed, pytest (with pytest-trio) gets two fixtures::
+
+    async def test_counter(cluster):             # a cluster on a fresh TestSystem
+        counter = await cluster.spawn(Counter, 1)
+        assert await counter.add(2) == 3
+
+    async def test_kill(cluster, test_system):   # the TestSystem behind ``cluster``
+        ...
+"""
+
+from ._system import TestSystem, run_inline
+
+__all__ = ["TestSystem", "run_inline"]

@@ -1,0 +1,190 @@
+"""The test system: machines inside the driver's own process, for fast deterministic tests.
+
+Each machine is a real supervisor serving real websocket connections over in-memory streams,
+so every call, reply and service is still serialised and authenticated; only the process and
+the socket are simulated. Everything runs on the test's Trio loop, so ``autojump_clock`` makes
+keepalive, retry and timeout logic run in virtual time. Sync actor methods run inline on the
+loop (not in a thread) for the same reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+from .. import _rpc
+from .._actor import current_cluster
+from .._cluster import Cluster
+from .._machine import Machine
+from .._system import Instance, KeepaliveConfig, System
+from ..supervisor import WatchdogConfig, Worker
+
+_system_ids = itertools.count(1)
+_machines: dict[str, _TestMachine] = {}
+
+
+async def run_inline(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run sync work directly on the loop (keeps virtual time deterministic)."""
+    return fn(*args, **kwargs)
+
+
+class _Listener(trio.abc.Listener[trio.abc.Stream]):
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[trio.abc.Stream](math.inf)
+
+    async def accept(self) -> trio.abc.Stream:
+        return await self.receive.receive()
+
+    async def aclose(self) -> None:
+        self.receive.close()
+
+
+class _TestMachine(Instance):
+    def __init__(self, addr: str, env: dict[str, str]) -> None:
+        self.addr = addr
+        self.maxprocs = 1
+        self.hostname = "localhost"
+        self.env = env
+        self.scope = trio.CancelScope()
+        self.listener = _Listener()
+        self.worker: Worker | None = None
+        self.alive = True
+        self.hang_keepalives = False
+
+    async def open(self) -> trio.abc.Stream:
+        if not self.alive:
+            raise OSError(f"connection refused: test machine {self.addr} was killed")
+        client, server = trio.testing.memory_stream_pair()
+        self.listener.send.send_nowait(server)
+        return client
+
+    def kill(self) -> None:
+        self.alive = False
+        self.scope.cancel()
+
+
+async def _open(addr: str) -> trio.abc.Stream:
+    m = _machines.get(addr)
+    if m is None:
+        raise OSError(f"connection refused: no test machine {addr}")
+    return await m.open()
+
+
+_rpc.register_scheme("test", _open)
+
+
+@attrs.define(kw_only=True)
+class TestSystem(System):
+    """In-process machines for tests (see the module docstring).
+
+    Args:
+        keepalive: keepalive config of the machines (bigmachine's test defaults).
+        watchdog: the machines' watchdog; an expired watchdog kills the machine.
+        maxprocs: what ``machine.maxprocs`` reports.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    name = "test"
+    keepalive: KeepaliveConfig = KeepaliveConfig(period=60.0, timeout=120.0, rpc_timeout=10.0)
+    watchdog: WatchdogConfig = WatchdogConfig()
+    maxprocs: int = 1
+    boot_timeout: float = 60.0
+    key: bytes = b""
+    _id: int = attrs.field(factory=lambda: next(_system_ids))
+    _count: int = 0
+    _nursery: trio.Nursery | None = None
+    _all: list[_TestMachine] = attrs.field(factory=list)
+    exited: bool = False
+
+    async def setup(self, nursery: trio.Nursery, key: bytes) -> None:
+        self.key = key
+        self._nursery = nursery
+
+    async def start(self, n: int, env: dict[str, str]) -> list[Instance]:
+        assert self._nursery is not None, "TestSystem.setup was not called"
+        out: list[Instance] = []
+        for _ in range(n):
+            self._count += 1
+            m = _TestMachine(f"test:{self._id}-{self._count}", env)
+            m.maxprocs = self.maxprocs
+            _machines[m.addr] = m
+            self._all.append(m)
+            await self._nursery.start(self._serve, m)
+            out.append(m)
+        return out
+
+    async def _serve(self, m: _TestMachine, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with m.scope:
+                async with trio.open_nursery() as nursery:
+                    cluster = Cluster(nursery, self.key)
+                    current_cluster.set(cluster)
+
+                    def exit(code: int) -> None:
+                        self.exited = True
+                        m.kill()
+
+                    m.worker = Worker(m.addr, self.key, nursery, exit=exit, run_sync=run_inline,
+                                      watchdog=self.watchdog, cluster=cluster)
+                    supervisor = m.worker.table.actors["Supervisor"].instance
+                    keepalive = supervisor.keepalive
+
+                    async def maybe_hung_keepalive(next: float) -> Any:
+                        if m.hang_keepalives:
+                            await trio.sleep_forever()
+                        return await keepalive(next)
+
+                    supervisor.keepalive = maybe_hung_keepalive
+                    await nursery.start(m.worker.serve, m.listener)
+                    task_status.started()
+        finally:
+            m.alive = False
+            _machines.pop(m.addr, None)
+
+    # -- test hooks ---------------------------------------------------------------------------
+
+    def n(self) -> int:
+        """How many machines are alive."""
+        return sum(1 for m in self._all if m.alive)
+
+    def live(self) -> list[str]:
+        """Addresses of the machines that are alive."""
+        return [m.addr for m in self._all if m.alive]
+
+    def kill(self, machine: Machine | str | None = None) -> bool:
+        """Kill a machine (a random live one if None): its server stops answering at once.
+
+        Like a network failure, the driver is not told: calls fail with TransportError, and the
+        keepalive declares the machine lost later. Returns whether a live machine was killed.
+        """
+        live = [m for m in self._all if m.alive]
+        if machine is not None:
+            addr = machine if isinstance(machine, str) else machine.addr
+            live = [m for m in live if m.addr == addr]
+        if not live:
+            return False
+        random.choice(live).kill()
+        return True
+
+    def hang_keepalives(self, machine: Machine | str, hang: bool = True) -> None:
+        """Make the machine's keepalive calls hang (or answer again) without killing it."""
+        addr = machine if isinstance(machine, str) else machine.addr
+        for m in self._all:
+            if m.addr == addr:
+                m.hang_keepalives = hang
+
+    def environ(self, machine: Machine | str) -> dict[str, str]:
+        """The environment the machine was started with (``Environ`` params)."""
+        addr = machine if isinstance(machine, str) else machine.addr
+        return next(m.env for m in self._all if m.addr == addr)
+
+    async def aclose(self) -> None:
+        for m in self._all:
+            m.kill()
