@@ -178,4 +178,4 @@ class Cluster:
                     if m.owned:
                         nursery.start_soon(m.shutdown)
             for m in list(self._machines.values()):
-                m._fail(MachineLost(m.addr, "cluster closed"))
+                m._fail(MachineLost(m.addr, "cluster closed"), logging.DEBUG)

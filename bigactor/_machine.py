@@ -157,7 +157,7 @@ class Machine:
                     else:
                         if self._instance is not None:
                             await self._tail_done.wait()
-            self._fail(MachineLost(self.addr, "shut down"))
+            self._fail(MachineLost(self.addr, "shut down"), logging.DEBUG)
             if self._instance is not None:
                 self._instance.kill()
 
@@ -171,15 +171,12 @@ class Machine:
             if s <= state:
                 event.set()
 
-    def _fail(self, error: MachineError) -> None:
+    def _fail(self, error: MachineError, level: int = logging.ERROR) -> None:
         """Stop the machine with ``error`` unless it already stopped (the first error sticks)."""
         if self._state == State.STOPPED:
             return
         self._error = error
-        if self._state >= State.RUNNING or not isinstance(error, MachineStartError):
-            log.log(logging.INFO if "shut down" in error.message else logging.ERROR, "%s", error)
-        else:
-            log.error("%s", error)
+        log.log(level, "%s", error)
         self._set_state(State.STOPPED)
         if self._conn is not None:
             self._conn.abort(self._lost())
@@ -198,7 +195,6 @@ class Machine:
     async def _run(self) -> None:
         """Run the machine's life: boot, then keepalives (owned) or pings (dialed)."""
         self._set_state(State.STARTING)
-        started = trio.current_time()
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -206,25 +202,30 @@ class Machine:
                     if self._instance is not None:
                         nursery.start_soon(self._watch_exit)
                     try:
-                        with trio.fail_after(self._boot_timeout):
-                            await self._boot()
-                    except trio.TooSlowError:
-                        raise MachineStartError(self.addr, f"not ready after {self._boot_timeout:.0f} s") from None
-                    self._set_state(State.RUNNING)
-                    log.debug("%s: running after %.3f s", self.addr, trio.current_time() - started)
-                    if self.owned:
-                        await self._keepalive_loop()
-                    else:
-                        await self._ping_loop()
-        except MachineError as exc:
-            self._fail(exc)
-        except _rpc.VersionMismatch as exc:
-            self._fail(MachineStartError(self.addr, str(exc)))
+                        await self._life()
+                    except MachineError as exc:
+                        self._fail(exc)
+                    except _rpc.VersionMismatch as exc:
+                        self._fail(MachineStartError(self.addr, str(exc)))
         finally:
             if self._state != State.STOPPED:
-                self._fail(MachineLost(self.addr, "cluster closed"))
+                self._fail(MachineLost(self.addr, "cluster closed"), logging.DEBUG)
             if self._instance is not None:
                 self._instance.kill()
+
+    async def _life(self) -> None:
+        started = trio.current_time()
+        try:
+            with trio.fail_after(self._boot_timeout):
+                await self._boot()
+        except trio.TooSlowError:
+            raise MachineStartError(self.addr, f"not ready after {self._boot_timeout:.0f} s") from None
+        self._set_state(State.RUNNING)
+        log.debug("%s: running after %.3f s", self.addr, trio.current_time() - started)
+        if self.owned:
+            await self._keepalive_loop()
+        else:
+            await self._ping_loop()
 
     async def _watch_exit(self) -> None:
         assert self._instance is not None
@@ -234,7 +235,7 @@ class Machine:
         with trio.move_on_after(0.05):
             await self._tail_done.wait()
         if self._shutting_down:
-            self._fail(MachineLost(self.addr, f"shut down ({how})"))
+            self._fail(MachineLost(self.addr, f"shut down ({how})"), logging.DEBUG)
             return
         tail = "".join(f"\n    {line}" for line in self.last_lines)
         msg = f"{how}" + (f"; last output:{tail}" if tail else "")

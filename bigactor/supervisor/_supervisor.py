@@ -150,8 +150,9 @@ class Worker:
 
     def __init__(self, addr: str, key: bytes, nursery: trio.Nursery, exit: Callable[[int], None],
                  run_sync: _rpc.RunSync = run_in_thread, watchdog: WatchdogConfig = WatchdogConfig(),
-                 cluster: Any = None) -> None:
+                 cluster: Any = None, announce: Callable[[str], None] | None = None) -> None:
         self.addr = addr
+        self._announce = announce
         self.key = key
         self.nursery = nursery
         self.run_sync = run_sync
@@ -198,8 +199,11 @@ class Worker:
 
     async def shutdown(self, delay: float, message: str) -> None:
         await trio.sleep(delay)
-        sys.stderr.flush()
-        print(message, flush=True)
+        if self._announce is not None:
+            self._announce(message)
+        else:
+            sys.stderr.flush()
+            print(message, flush=True)
         self.exit(0)
 
     async def serve(self, listener: trio.abc.Listener[Any], *,

@@ -132,7 +132,8 @@ class TestSystem(System):
                         m.kill()
 
                     m.worker = Worker(m.addr, self.key, nursery, exit=exit, run_sync=run_inline,
-                                      watchdog=self.watchdog, cluster=cluster)
+                                      watchdog=self.watchdog, cluster=cluster,
+                                      announce=lambda message: None)
                     supervisor = m.worker.table.actors["Supervisor"].instance
                     keepalive = supervisor.keepalive
 

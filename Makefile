@@ -1,0 +1,37 @@
+# Two commands for a fresh machine with Python 3.11+:
+#   make demo   runs examples/counter.py on the local system
+#   make test   runs the gates (format, lint, types) and the whole test suite with coverage
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo pi test check lint format clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bigactor needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python examples/counter.py
+
+pi: $(BIN)/.installed
+	$(BIN)/python examples/pi.py 4
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff format --check bigactor tests examples
+	$(BIN)/ruff check bigactor tests examples
+	$(BIN)/mypy
+
+test: lint
+	rm -f .coverage .coverage.*
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/python -m pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format bigactor tests examples
+	$(BIN)/ruff check --fix bigactor tests examples
+
+clean:
+	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache
