@@ -56,6 +56,7 @@ Security
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ._actor import ActorHandle, Environ, Services
@@ -125,10 +126,8 @@ def _fixup_module_metadata() -> None:
     for name in __all__:
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("bigactor."):
-            try:
+            with contextlib.suppress(AttributeError, TypeError):
                 obj.__module__ = "bigactor"
-            except (AttributeError, TypeError):
-                pass
 
 
 _fixup_module_metadata()

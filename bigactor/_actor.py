@@ -68,8 +68,9 @@ class ActorHandle:
 
     __slots__ = ("_addr", "_machine", "_methods", "_name")
 
-    def __init__(self, addr: str, name: str, methods: Mapping[str, str],
-                 machine: Machine | None = None) -> None:
+    def __init__(
+        self, addr: str, name: str, methods: Mapping[str, str], machine: Machine | None = None
+    ) -> None:
         self._addr = addr
         self._name = name
         self._methods = dict(methods)
@@ -87,8 +88,10 @@ class ActorHandle:
             try:
                 cluster = current_cluster.get()
             except LookupError:
-                raise RuntimeError(f"actor {self._name!r} on {self._addr}: no bigactor cluster is "
-                                   "open here to call it through") from None
+                raise RuntimeError(
+                    f"actor {self._name!r} on {self._addr}: no bigactor cluster is "
+                    "open here to call it through"
+                ) from None
             self._machine = cluster.machine_for(self._addr)
         return self._machine
 
@@ -106,16 +109,21 @@ class ActorHandle:
             raise AttributeError(method)
         kind = self._methods.get(method)
         if kind is None:
-            raise AttributeError(f"actor {self._name!r} has no public method {method!r} "
-                                 f"(it has: {', '.join(sorted(self._methods)) or 'none'})")
+            raise AttributeError(
+                f"actor {self._name!r} has no public method {method!r} "
+                f"(it has: {', '.join(sorted(self._methods)) or 'none'})"
+            )
         target = f"{self._name}.{method}"
         if kind in (SYNC_GEN, ASYNC_GEN):
+
             def stream(*args: Any, **kwargs: Any) -> RemoteStream:
                 return self.machine.stream(target, *args, **kwargs)
+
             stream.__name__ = method
             return stream
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await self.machine.call(target, *args, **kwargs)
+
         call.__name__ = method
         return call

@@ -28,8 +28,13 @@ class Cluster:
     actor's ``init``).
     """
 
-    def __init__(self, nursery: trio.Nursery, key: bytes, system: System | None = None,
-                 keepalive: KeepaliveConfig | None = None) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        key: bytes,
+        system: System | None = None,
+        keepalive: KeepaliveConfig | None = None,
+    ) -> None:
         self._nursery = nursery
         self._key = key
         self._system = system
@@ -87,18 +92,34 @@ class Cluster:
         instances = await self._system.start(n, env)
         machines = []
         for inst in instances:
-            m = Machine(inst.addr, self._key, self._nursery, owned=True, keepalive=self._keepalive,
-                        maxprocs=inst.maxprocs, hostname=inst.hostname, instance=inst, services=blobs,
-                        boot_timeout=self._system.boot_timeout, on_stop=self._forget,
-                        names=lambda: self._names)
+            m = Machine(
+                inst.addr,
+                self._key,
+                self._nursery,
+                owned=True,
+                keepalive=self._keepalive,
+                maxprocs=inst.maxprocs,
+                hostname=inst.hostname,
+                instance=inst,
+                services=blobs,
+                boot_timeout=self._system.boot_timeout,
+                on_stop=self._forget,
+                names=lambda: self._names,
+            )
             self._machines[m.addr] = m
             self._nursery.start_soon(m._tail, name=f"tail {m.addr}")
             self._nursery.start_soon(m._run, name=f"machine {m.addr}")
             machines.append(m)
         return machines
 
-    async def spawn(self, cls: type[Any], *args: Any, machine: Machine | None = None,
-                    name: str | None = None, **kwargs: Any) -> ActorHandle:
+    async def spawn(
+        self,
+        cls: type[Any],
+        *args: Any,
+        machine: Machine | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> ActorHandle:
         """Construct ``cls(*args, **kwargs)`` on a machine and return a handle to it.
 
         Without ``machine`` a new machine is started for the actor. ``name`` names the actor
@@ -123,6 +144,7 @@ class Cluster:
 
     async def _publish_names(self) -> None:
         """Tell every running machine the named actors, so their clusters find them too."""
+
         async def push(m: Machine) -> None:
             try:
                 with trio.move_on_after(self._keepalive.rpc_timeout):
@@ -148,8 +170,9 @@ class Cluster:
         self._check_open()
         m = self._machines.get(addr)
         if m is None:
-            m = Machine(addr, self._key, self._nursery, owned=False, keepalive=self._keepalive,
-                        on_stop=self._forget)
+            m = Machine(
+                addr, self._key, self._nursery, owned=False, keepalive=self._keepalive, on_stop=self._forget
+            )
             self._machines[addr] = m
             self._nursery.start_soon(m._run, name=f"dialed machine {addr}")
         return m

@@ -48,10 +48,11 @@ def dumps(value: Any, what: str = "value") -> bytes:
     if _is_plain(value, [_PLAIN_LIMIT]):
         return pickle.dumps(value, PROTOCOL)
     try:
-        return dill.dumps(value, protocol=PROTOCOL, recurse=True)
+        data: bytes = dill.dumps(value, protocol=PROTOCOL, recurse=True)
     except Exception as exc:
         path = find_unpicklable(value, what)
         raise CodecError(f"cannot serialise {what}: {type(exc).__name__}: {exc}", path) from exc
+    return data
 
 
 def loads(data: bytes | bytearray | memoryview) -> Any:
@@ -96,7 +97,7 @@ def dumps_call(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> by
     if _is_plain(value, [_PLAIN_LIMIT]):
         return pickle.dumps(value, PROTOCOL)
     try:
-        return dill.dumps(value, protocol=PROTOCOL, recurse=True)
+        data: bytes = dill.dumps(value, protocol=PROTOCOL, recurse=True)
     except Exception as exc:
         parts = [(f"arg {i}", a) for i, a in enumerate(args)]
         parts += [(f"kwarg {k!r}", v) for k, v in kwargs.items()]
@@ -104,3 +105,4 @@ def dumps_call(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> by
         raise CodecError(
             f"cannot serialise the arguments of {target}: {type(exc).__name__}: {exc}", path
         ) from exc
+    return data

@@ -140,10 +140,16 @@ def _remote_subclass(orig: type[BaseException]) -> type[BaseException] | None:
     sub = _remote_types.get(orig)
     if sub is None:
         try:
-            sub = type(orig.__name__, (orig, RemoteError), {"__module__": orig.__module__,
-                                                             "__qualname__": orig.__qualname__,
-                                                             "__reduce__": _remote_reduce,
-                                                             "__str__": orig.__str__})
+            sub = type(
+                orig.__name__,
+                (orig, RemoteError),
+                {
+                    "__module__": orig.__module__,
+                    "__qualname__": orig.__qualname__,
+                    "__reduce__": _remote_reduce,
+                    "__str__": orig.__str__,
+                },
+            )
         except TypeError:
             return None
         _remote_types[orig] = sub
@@ -175,8 +181,7 @@ def as_remote(exc: BaseException, type_name: str, remote_traceback: str, addr: s
         out = sub.__new__(sub, *exc.args)
         out.args = exc.args
         out.__dict__.update(exc.__dict__)
-    out.__dict__.update(type_name=type_name, remote_traceback=remote_traceback, addr=addr,
-                        message=str(exc))
+    out.__dict__.update(type_name=type_name, remote_traceback=remote_traceback, addr=addr, message=str(exc))
     if remote_traceback:
         out.add_note(f"remote traceback (machine {addr}):\n{remote_traceback.rstrip()}")
     return out

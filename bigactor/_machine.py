@@ -69,11 +69,22 @@ class Machine:
     public constructor.
     """
 
-    def __init__(self, addr: str, key: bytes, nursery: trio.Nursery, *, owned: bool,
-                 keepalive: KeepaliveConfig, maxprocs: int = 1, hostname: str = "",
-                 instance: Instance | None = None, services: dict[str, bytes] | None = None,
-                 boot_timeout: float = 60.0, on_stop: Callable[[Machine], None] | None = None,
-                 names: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        addr: str,
+        key: bytes,
+        nursery: trio.Nursery,
+        *,
+        owned: bool,
+        keepalive: KeepaliveConfig,
+        maxprocs: int = 1,
+        hostname: str = "",
+        instance: Instance | None = None,
+        services: dict[str, bytes] | None = None,
+        boot_timeout: float = 60.0,
+        on_stop: Callable[[Machine], None] | None = None,
+        names: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.addr = addr
         self.owned = owned
         self.maxprocs = maxprocs
@@ -269,11 +280,13 @@ class Machine:
             try:
                 await self._raw_call("Supervisor.register", name, blob)
             except RemoteError as exc:
-                raise MachineStartError(self.addr, f"service {name!r} failed to start: "
-                                        f"{type(exc).__name__}: {exc}") from exc
+                raise MachineStartError(
+                    self.addr, f"service {name!r} failed to start: {type(exc).__name__}: {exc}"
+                ) from exc
             except CodecError as exc:
-                raise MachineStartError(self.addr, f"service {name!r} cannot be decoded on the "
-                                        f"machine: {exc}") from exc
+                raise MachineStartError(
+                    self.addr, f"service {name!r} cannot be decoded on the machine: {exc}"
+                ) from exc
         names = self._names() if self._names is not None else None
         if names:
             await self._raw_call("Supervisor.set_names", names)
@@ -303,8 +316,11 @@ class Machine:
             now = trio.current_time()
             if now + wait > start + cfg.timeout:
                 what = "no reply within the rpc timeout" if isinstance(last, trio.TooSlowError) else str(last)
-                raise MachineLost(self.addr, f"keepalive failed after {now - start:.1f} s "
-                                  f"(timeout={cfg.timeout} s, rpc timeout={cfg.rpc_timeout} s): {what}")
+                raise MachineLost(
+                    self.addr,
+                    f"keepalive failed after {now - start:.1f} s "
+                    f"(timeout={cfg.timeout} s, rpc timeout={cfg.rpc_timeout} s): {what}",
+                )
             await trio.sleep(wait)
 
     async def _ping_loop(self) -> None:
@@ -322,8 +338,11 @@ class Machine:
                     wait = next(waits)
                     now = trio.current_time()
                     if now + wait > start + cfg.timeout:
-                        raise MachineLost(self.addr, f"ping failed after {now - start:.1f} s "
-                                          f"(timeout={cfg.timeout} s): {exc or 'no reply'}") from exc
+                        raise MachineLost(
+                            self.addr,
+                            f"ping failed after {now - start:.1f} s "
+                            f"(timeout={cfg.timeout} s): {exc or 'no reply'}",
+                        ) from exc
                     await trio.sleep(wait)
 
     # -- calls --------------------------------------------------------------------------------
@@ -339,7 +358,7 @@ class Machine:
                     return conn
                 async with self._dial_lock:
                     if self._conn is None or self._conn.broken:
-                        if self._nursery is None or self._state == State.STOPPED:
+                        if self._nursery is None or self.state == State.STOPPED:
                             raise self._lost()
                         conn, peer = await _rpc.connect(self._nursery, self.addr, self._key)
                         _rpc.check_versions(self.addr, peer)
@@ -360,8 +379,9 @@ class Machine:
             try:
                 return _codec.loads(data)
             except Exception as exc:
-                raise CodecError(f"cannot decode the reply of {target} from {self.addr}: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+                raise CodecError(
+                    f"cannot decode the reply of {target} from {self.addr}: {type(exc).__name__}: {exc}"
+                ) from exc
         raise _rpc.decode_error(data, self.addr)
 
     async def _classify(self, exc: BigActorError) -> BigActorError:

@@ -45,8 +45,9 @@ class Instance(abc.ABC):
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async def tail(self, line: Callable[[str], None]) -> None:
-        """Call ``line`` with each line the machine prints, until its output ends."""
+    async def tail(self, line: Callable[[str], None]) -> None:  # noqa: B027 - optional
+        """Call ``line`` with each line the machine prints, until its output ends (by default,
+        a system that cannot see output returns at once)."""
 
     def kill(self) -> None:  # noqa: B027 - optional for systems that cannot kill
         """End the machine now, without grace."""

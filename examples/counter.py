@@ -26,7 +26,7 @@ class Counter:
 
     async def count_up(self, n: int):
         """Generator methods stream their items to the caller with back-pressure."""
-        for i in range(n):
+        for _ in range(n):
             self.n += 1
             yield self.n
 

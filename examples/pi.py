@@ -1,6 +1,6 @@
 """Estimate pi by Monte Carlo sampling scattered over N machines (like bigmachine's bigpi).
 
-    python examples/pi.py [N] [--samples S]
+python examples/pi.py [N] [--samples S]
 """
 
 import argparse
@@ -39,8 +39,10 @@ async def main(machines: int, samples: int) -> None:
                 nursery.start_soon(run, i, m)
         total = per_machine * machines
         pi = 4 * sum(results) / total
-        print(f"pi ~ {pi:.6f} from {total:,} samples on {machines} machines "
-              f"in {time.perf_counter() - started:.2f} s")
+        print(
+            f"pi ~ {pi:.6f} from {total:,} samples on {machines} machines "
+            f"in {time.perf_counter() - started:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ class Dispatcher(Protocol):
 class _Stream:
     """Caller-side state of one streamed reply."""
 
-    __slots__ = ("items", "task", "done", "consumed")
+    __slots__ = ("consumed", "done", "items", "task")
 
     def __init__(self) -> None:
         self.items: deque[tuple[Kind, Any]] = deque()
@@ -59,8 +59,13 @@ class _Stream:
 class Connection:
     """One end of an authenticated connection; see the module docstring."""
 
-    def __init__(self, ws: WebSocketConnection, addr: str, dispatcher: Dispatcher | None = None,
-                 on_close: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        addr: str,
+        dispatcher: Dispatcher | None = None,
+        on_close: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.addr = addr
         self._ws = ws
         self._dispatcher = dispatcher
@@ -112,7 +117,7 @@ class Connection:
                 self._dispatch(frame)
 
     def _dispatch(self, frame: _frames.Frame) -> None:
-        payload = frame.payload
+        payload = memoryview(frame.payload)
         if frame.flags & _frames.MORE:
             self._partial.setdefault(frame.id, []).append(payload)
             if sum(len(p) for p in self._partial[frame.id]) > (1 << 34):
@@ -172,8 +177,8 @@ class Connection:
             return
         except ConnectionClosed as exc:
             reason = exc.reason
-            error = TransportError(self.addr, f"connection closed ({reason.code}"
-                                   f"{': ' + reason.reason if reason.reason else ''})")
+            text = "no reason" if reason is None else f"{reason.code}: {reason.reason or reason.name}"
+            error = TransportError(self.addr, f"connection closed ({text})")
         except ProtocolError as exc:
             log.warning("%s: closing connection: %s", self.addr, exc)
             error = TransportError(self.addr, f"protocol error: {exc}")

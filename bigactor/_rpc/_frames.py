@@ -48,11 +48,15 @@ class Frame:
     flags: int = 0
 
 
-def encode(kind: Kind, call_id: int, payload: bytes | memoryview = b"", flags: int = 0) -> list[bytes | memoryview]:
+def encode(
+    kind: Kind, call_id: int, payload: bytes | memoryview = b"", flags: int = 0
+) -> list[bytes | memoryview]:
     """Return the wire pieces of one logical frame, chunked when the payload is large."""
     n = len(payload)
     if n <= CHUNK:
-        return [HEADER.pack(kind, flags, call_id, n), payload] if n else [HEADER.pack(kind, flags, call_id, 0)]
+        return (
+            [HEADER.pack(kind, flags, call_id, n), payload] if n else [HEADER.pack(kind, flags, call_id, 0)]
+        )
     view = memoryview(payload)
     out: list[bytes | memoryview] = []
     for start in range(0, n, CHUNK):

@@ -63,10 +63,11 @@ def method_table(obj: Any) -> dict[str, str]:
 
 
 class _Job:
-    __slots__ = ("fn", "args", "kwargs", "cancelled", "done")
+    __slots__ = ("args", "cancelled", "done", "fn", "kwargs")
 
-    def __init__(self, fn: Callable[..., Any], args: Any, kwargs: Any,
-                 done: Callable[[bool, Any], None]) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], args: Any, kwargs: Any, done: Callable[[bool, Any], None]
+    ) -> None:
         self.fn, self.args, self.kwargs, self.done = fn, args, kwargs, done
         self.cancelled = False
 
@@ -148,17 +149,21 @@ class ActorTable:
         name, _, method = target.rpartition(".")
         actor = self.actors.get(name)
         if actor is None:
-            raise ServiceNotFound(self.addr, target, f"no actor named {name!r} "
-                                  f"(hosted here: {', '.join(sorted(self.actors)) or 'none'})")
+            raise ServiceNotFound(
+                self.addr,
+                target,
+                f"no actor named {name!r} (hosted here: {', '.join(sorted(self.actors)) or 'none'})",
+            )
         kind = actor.methods.get(method)
         if kind is None:
-            raise ServiceNotFound(self.addr, target, f"{type(actor.instance).__name__} has no "
-                                  f"public method {method!r}")
+            raise ServiceNotFound(
+                self.addr, target, f"{type(actor.instance).__name__} has no public method {method!r}"
+            )
         return actor, getattr(actor.instance, method), kind
 
 
 class _Credit:
-    __slots__ = ("n", "event")
+    __slots__ = ("event", "n")
 
     def __init__(self) -> None:
         self.n = STREAM_WINDOW
@@ -181,15 +186,18 @@ class CallDispatcher:
             try:
                 target, args, kwargs = _codec.loads(payload)
             except Exception as exc:
-                raise CodecError(f"machine {self._table.addr} could not decode a call: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+                raise CodecError(
+                    f"machine {self._table.addr} could not decode a call: {type(exc).__name__}: {exc}"
+                ) from exc
             if not isinstance(target, str) or not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise ProtocolError("CALL payload is not (target, args, kwargs)")
             actor, fn, kind = self._table.resolve(target)
             stream = bool(flags & _frames.STREAM)
             if stream != (kind in (SYNC_GEN, ASYNC_GEN)):
-                raise TypeError(f"{target} is a {'generator' if not stream else 'plain'} method: "
-                                + ("iterate it with 'async for'" if not stream else "await it"))
+                raise TypeError(
+                    f"{target} is a {'generator' if not stream else 'plain'} method: "
+                    + ("iterate it with 'async for'" if not stream else "await it")
+                )
         except ProtocolError:
             raise
         except Exception as exc:
@@ -197,9 +205,11 @@ class CallDispatcher:
             return
         actor.calls[target] = actor.calls.get(target, 0) + 1
         if kind == SYNC:
+
             def done(ok: bool, value: Any) -> None:
                 self._jobs.pop(call_id, None)
                 self._reply(conn, call_id, ok, value)
+
             job = _Job(fn, args, kwargs, done)
             self._jobs[call_id] = job
             actor.submit(job)
@@ -218,8 +228,14 @@ class CallDispatcher:
                 value = exc
         conn.send(Kind.ERROR, call_id, encode_error(value))
 
-    async def _run_async(self, conn: Connection, call_id: int, fn: Callable[..., Any],
-                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    async def _run_async(
+        self,
+        conn: Connection,
+        call_id: int,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         with trio.CancelScope() as scope:
             self._scopes[call_id] = scope
             try:
@@ -231,8 +247,16 @@ class CallDispatcher:
                 del self._scopes[call_id]
             self._reply(conn, call_id, True, value)
 
-    async def _run_stream(self, conn: Connection, call_id: int, actor: Actor, fn: Callable[..., Any],
-                          args: tuple[Any, ...], kwargs: dict[str, Any], kind: str) -> None:
+    async def _run_stream(
+        self,
+        conn: Connection,
+        call_id: int,
+        actor: Actor,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        kind: str,
+    ) -> None:
         credit = self._credits[call_id]
         with trio.CancelScope() as scope:
             self._scopes[call_id] = scope

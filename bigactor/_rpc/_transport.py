@@ -52,7 +52,9 @@ async def open_stream(addr: str) -> trio.abc.Stream:
     scheme = addr.partition(":")[0]
     opener = _schemes.get(scheme)
     if opener is None:
-        raise TransportError(addr, f"unknown address scheme {scheme!r} (known: {', '.join(sorted(_schemes))})")
+        raise TransportError(
+            addr, f"unknown address scheme {scheme!r} (known: {', '.join(sorted(_schemes))})"
+        )
     try:
         return await opener(addr)
     except OSError as exc:
@@ -69,8 +71,13 @@ async def connect(nursery: trio.Nursery, addr: str, key: bytes) -> tuple[Connect
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, "bigactor", "/", max_message_size=MAX_MESSAGE,  # type: ignore[arg-type]
-                receive_buffer_size=RECEIVE_BUFFER)
+                nursery,
+                stream,  # type: ignore[arg-type]  # any trio stream works
+                "bigactor",
+                "/",
+                max_message_size=MAX_MESSAGE,
+                receive_buffer_size=RECEIVE_BUFFER,
+            )
             peer = await _auth.client_handshake(ws, key)
     except trio.TooSlowError as exc:
         await trio.aclose_forcefully(stream)
@@ -86,8 +93,9 @@ async def connect(nursery: trio.Nursery, addr: str, key: bytes) -> tuple[Connect
     return conn, peer
 
 
-async def serve_stream(stream: trio.abc.Stream, addr: str, key: bytes, table: ActorTable,
-                       run_sync: RunSync) -> None:
+async def serve_stream(
+    stream: trio.abc.Stream, addr: str, key: bytes, table: ActorTable, run_sync: RunSync
+) -> None:
     """Serve one incoming connection until it closes; never raises for a bad peer.
 
     A peer that fails authentication or breaks the protocol is logged and dropped; nothing it
@@ -98,15 +106,21 @@ async def serve_stream(stream: trio.abc.Stream, addr: str, key: bytes, table: Ac
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
                     request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER)
+                        nursery, stream, max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER
+                    )
                     ws = await request.accept()
                     await _auth.server_handshake(ws, key)
             except ProtocolError as exc:
                 log.warning("%s: rejected a connection: %s", addr, exc)
                 nursery.cancel_scope.cancel()
                 return
-            except (trio.TooSlowError, ConnectionClosed, HandshakeError, trio.BrokenResourceError,
-                    OSError) as exc:
+            except (
+                trio.TooSlowError,
+                ConnectionClosed,
+                HandshakeError,
+                trio.BrokenResourceError,
+                OSError,
+            ) as exc:
                 log.info("%s: dropped a connection during its handshake: %r", addr, exc)
                 nursery.cancel_scope.cancel()
                 return

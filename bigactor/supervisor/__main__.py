@@ -60,8 +60,9 @@ async def _serve(config: dict[str, Any], listen_fd: int, lifeline_fd: int) -> No
     async with trio.open_nursery() as nursery:
         cluster = Cluster(nursery, key)
         current_cluster.set(cluster)
-        worker = Worker(addr, key, nursery, exit=_exit, watchdog=WatchdogConfig(**config["watchdog"]),
-                        cluster=cluster)
+        worker = Worker(
+            addr, key, nursery, exit=_exit, watchdog=WatchdogConfig(**config["watchdog"]), cluster=cluster
+        )
         nursery.start_soon(lifeline)
         await worker.serve(listener)
 
@@ -74,8 +75,9 @@ def main() -> None:
     config = _read_config(args.lifeline_fd)
     sys.path[:] = config["sys_path"]
     sys.argv[:] = config["argv"] or [""]
-    logging.basicConfig(level=config.get("log_level", logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.get("log_level", logging.WARNING), format="%(levelname)s %(name)s: %(message)s"
+    )
     import trio
 
     trio.run(_serve, config, args.listen_fd, args.lifeline_fd)

@@ -7,6 +7,7 @@ watchdog ends the worker when keepalives stop coming (bigmachine's behaviour, sp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -104,8 +105,9 @@ class Supervisor:
                 raise
         return actor.methods
 
-    async def spawn(self, name: str | None, cls: Callable[..., Any], args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    async def spawn(
+        self, name: str | None, cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, dict[str, str]]:
         """Construct ``cls(*args, **kwargs)`` here and host it; return its name and methods."""
         instance = await self._worker.run_sync(cls, *args, **kwargs)
         actor = self._worker.table.add(name, instance)
@@ -129,7 +131,9 @@ class Supervisor:
         return os.getpid()
 
     async def mem_info(self) -> MemInfo:
-        vm, rss = await self._worker.run_sync(lambda: (psutil.virtual_memory(), psutil.Process().memory_info().rss))
+        vm, rss = await self._worker.run_sync(
+            lambda: (psutil.virtual_memory(), psutil.Process().memory_info().rss)
+        )
         return MemInfo(vm.total, vm.available, vm.used, vm.percent, rss)
 
     async def disk_info(self) -> DiskInfo:
@@ -148,9 +152,17 @@ class Supervisor:
 class Worker:
     """One machine's process-wide state: its actors, watchdog and way out."""
 
-    def __init__(self, addr: str, key: bytes, nursery: trio.Nursery, exit: Callable[[int], None],
-                 run_sync: _rpc.RunSync = run_in_thread, watchdog: WatchdogConfig = WatchdogConfig(),
-                 cluster: Any = None, announce: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        addr: str,
+        key: bytes,
+        nursery: trio.Nursery,
+        exit: Callable[[int], None],
+        run_sync: _rpc.RunSync = run_in_thread,
+        watchdog: WatchdogConfig = WatchdogConfig(),
+        cluster: Any = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
         self.addr = addr
         self._announce = announce
         self.key = key
@@ -168,8 +180,16 @@ class Worker:
         nursery.start_soon(self._watch, name=f"watchdog {addr}")
 
     def info(self) -> Info:
-        return Info(platform.python_version(), _version.__version__, dill.__version__,
-                    platform.platform(), code_digest(), os.getpid(), socket.gethostname(), self._started)
+        return Info(
+            platform.python_version(),
+            _version.__version__,
+            dill.__version__,
+            platform.platform(),
+            code_digest(),
+            os.getpid(),
+            socket.gethostname(),
+            self._started,
+        )
 
     def context(self) -> Context:
         return Context(self.addr, self.info(), self.cluster)
@@ -188,14 +208,13 @@ class Worker:
             await trio.sleep(self._watchdog.tick)
             now = trio.current_time()
             if now > self._deadline:
-                log.error("%s: watchdog expired: no keepalive for %.1f s; exiting",
-                          self.addr, now - self._deadline)
+                log.error(
+                    "%s: watchdog expired: no keepalive for %.1f s; exiting", self.addr, now - self._deadline
+                )
                 self.exit(1)
                 return
-            try:
+            with contextlib.suppress(Exception):  # unreadable memory info keeps the last verdict
                 self.healthy = psutil.virtual_memory().percent <= HEALTHY_MEMORY_PERCENT
-            except Exception:
-                pass
 
     async def shutdown(self, delay: float, message: str) -> None:
         await trio.sleep(delay)
@@ -206,9 +225,14 @@ class Worker:
             print(message, flush=True)
         self.exit(0)
 
-    async def serve(self, listener: trio.abc.Listener[Any], *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        listener: trio.abc.Listener[Any],
+        *,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Accept and serve connections on ``listener`` forever."""
+
         async def handle(stream: trio.abc.Stream) -> None:
             await _rpc.serve_stream(stream, self.addr, self.key, self.table, self.run_sync)
 

@@ -30,5 +30,6 @@ def lookup(name: str, **options: Any) -> System:
         cls = ep.load()
         system: System = cls(**options)
         return system
-    known = ["local", "test"] + sorted(ep.name for ep in importlib.metadata.entry_points(group="bigactor.systems"))
+    others = sorted(ep.name for ep in importlib.metadata.entry_points(group="bigactor.systems"))
+    known = ["local", "test", *others]
     raise ValueError(f"unknown bigactor system {name!r} (known: {', '.join(known)})")

@@ -101,10 +101,7 @@ class LocalSystem(System):
         self._dir = tempfile.mkdtemp(prefix="bigactor-")  # mode 0700: only this user enters
 
     async def start(self, n: int, env: dict[str, str]) -> list[Instance]:
-        out: list[Instance] = []
-        for _ in range(n):
-            out.append(await self._start_one(env))
-        return out
+        return [await self._start_one(env) for _ in range(n)]
 
     async def _start_one(self, env: dict[str, str]) -> LocalInstance:
         self._count += 1
@@ -117,11 +114,23 @@ class LocalSystem(System):
             listener.listen(256)
             child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
             process = await trio.lowlevel.open_process(
-                [self.python, "-m", "bigactor.supervisor", "--listen-fd", str(listener.fileno()),
-                 "--lifeline-fd", str(read_end)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=(listener.fileno(), read_end), env=child_env, cwd=os.getcwd(),
-                start_new_session=True)
+                [
+                    self.python,
+                    "-m",
+                    "bigactor.supervisor",
+                    "--listen-fd",
+                    str(listener.fileno()),
+                    "--lifeline-fd",
+                    str(read_end),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(listener.fileno(), read_end),
+                env=child_env,
+                cwd=os.getcwd(),
+                start_new_session=True,
+            )
         except BaseException:
             os.close(write_end)
             raise
@@ -129,10 +138,12 @@ class LocalSystem(System):
             listener.close()
             os.close(read_end)
         lifeline = trio.lowlevel.FdStream(write_end)
+        cwd = os.getcwd()
         config = {
             "key": self.key.hex(),
             "addr": addr,
-            "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
+            # Relative entries (the script's own directory may be "") resolve against the cwd.
+            "sys_path": [os.path.join(cwd, p) for p in sys.path],
             "argv": list(sys.argv),
             "watchdog": attrs.asdict(self.watchdog),
             "log_level": self.log_level,

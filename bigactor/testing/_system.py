@@ -131,9 +131,16 @@ class TestSystem(System):
                         self.exited = True
                         m.kill()
 
-                    m.worker = Worker(m.addr, self.key, nursery, exit=exit, run_sync=run_inline,
-                                      watchdog=self.watchdog, cluster=cluster,
-                                      announce=lambda message: None)
+                    m.worker = Worker(
+                        m.addr,
+                        self.key,
+                        nursery,
+                        exit=exit,
+                        run_sync=run_inline,
+                        watchdog=self.watchdog,
+                        cluster=cluster,
+                        announce=lambda message: None,
+                    )
                     supervisor = m.worker.table.actors["Supervisor"].instance
                     keepalive = supervisor.keepalive
 
