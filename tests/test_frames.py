@@ -1,0 +1,51 @@
+"""Wire frames: encoding, chunking, and rejection of malformed input."""
+
+import pytest
+
+from bigactor import ProtocolError
+from bigactor._rpc._frames import CHUNK, HEADER, MORE, Kind, decode, encode
+
+
+def _message(pieces: list[bytes | memoryview]) -> bytes:
+    return b"".join(bytes(p) for p in pieces)
+
+
+def test_round_trip_of_several_frames_in_one_message() -> None:
+    """Frames packed back to back come out in order with their payloads."""
+    msg = _message(encode(Kind.CALL, 1, b"abc") + encode(Kind.CANCEL, 2) + encode(Kind.REPLY, 3, b"x"))
+    frames = list(decode(msg))
+    assert [(f.kind, f.id, bytes(f.payload)) for f in frames] == [
+        (Kind.CALL, 1, b"abc"),
+        (Kind.CANCEL, 2, b""),
+        (Kind.REPLY, 3, b"x"),
+    ]
+
+
+def test_large_payload_is_chunked() -> None:
+    """A payload above CHUNK splits into frames flagged MORE except the last."""
+    payload = bytes(range(256)) * (CHUNK // 256 * 2 + 1)
+    pieces = encode(Kind.REPLY, 9, payload)
+    frames = [next(decode(_message(pieces[i : i + 2]))) for i in range(0, len(pieces), 2)]
+    assert [bool(f.flags & MORE) for f in frames] == [True, True, False]
+    assert b"".join(bytes(f.payload) for f in frames) == payload
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (b"", "empty"),
+        (b"garbage", "truncated frame header"),
+        (HEADER.pack(99, 0, 1, 0), "unknown frame kind"),
+        (HEADER.pack(Kind.CALL, 0, 1, 100) + b"0123456789", "truncated frame"),
+    ],
+)
+def test_malformed_messages_raise_protocol_error(message: bytes, reason: str) -> None:
+    """Garbage, unknown kinds and truncated frames are protocol errors, never partial data."""
+    with pytest.raises(ProtocolError, match=reason):
+        list(decode(message))
+
+
+def test_text_message_is_rejected() -> None:
+    """A websocket text message is not a frame."""
+    with pytest.raises(ProtocolError, match="text"):
+        list(decode("hello"))  # type: ignore[arg-type]
