@@ -114,9 +114,28 @@ __all__ = [
 
 
 def run(main: Any, *args: Any) -> Any:
-    """Run ``main(*args)`` under Trio (``trio.run``); the entry point of a driver program."""
+    """Run ``main(*args)`` under Trio, after taking bigactor's own flags out of ``sys.argv``.
+
+    ``--bigactor-system=NAME`` sets the default system (as ``BIGACTOR_SYSTEM`` does);
+    ``--bigactor-log-level=LEVEL`` configures ``logging`` for the driver. Other arguments are
+    left for the program (and its workers, which see the same ``sys.argv``).
+    """
+    import logging
+    import os
+    import sys
+
     import trio
 
+    rest = [sys.argv[0]] if sys.argv else []
+    for arg in sys.argv[1:]:
+        flag, sep, value = arg.partition("=")
+        if flag == "--bigactor-system" and sep:
+            os.environ["BIGACTOR_SYSTEM"] = value
+        elif flag == "--bigactor-log-level" and sep:
+            logging.basicConfig(level=value.upper())
+        else:
+            rest.append(arg)
+    sys.argv[:] = rest
     return trio.run(main, *args)
 
 

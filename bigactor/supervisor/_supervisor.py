@@ -91,6 +91,18 @@ class Supervisor:
             instance = _codec.loads(blob)
         except Exception as exc:
             raise CodecError(f"cannot decode service {name!r}: {type(exc).__name__}: {exc}") from exc
+        return (await self._host(name, instance)).methods
+
+    async def spawn(
+        self, name: str | None, cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, dict[str, str]]:
+        """Construct ``cls(*args, **kwargs)`` here and host it; return its name and methods."""
+        instance = await self._worker.run_sync(cls, *args, **kwargs)
+        actor = await self._host(name, instance)
+        return actor.name, actor.methods
+
+    async def _host(self, name: str | None, instance: Any) -> _rpc.Actor:
+        """Host ``instance``; run its ``init(ctx)`` if it has one (a failed init hosts nothing)."""
         actor = self._worker.table.add(name, instance)
         init = getattr(instance, "init", None)
         if init is not None:
@@ -99,19 +111,10 @@ class Supervisor:
                 if hasattr(result, "__await__"):
                     await result
             except BaseException:
-                # A failed init leaves nothing behind: the driver fails the machine.
                 self._worker.table.actors.pop(actor.name, None)
                 actor.close()
                 raise
-        return actor.methods
-
-    async def spawn(
-        self, name: str | None, cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[str, dict[str, str]]:
-        """Construct ``cls(*args, **kwargs)`` here and host it; return its name and methods."""
-        instance = await self._worker.run_sync(cls, *args, **kwargs)
-        actor = self._worker.table.add(name, instance)
-        return actor.name, actor.methods
+        return actor
 
     async def actors(self) -> dict[str, dict[str, str]]:
         return {name: a.methods for name, a in self._worker.table.actors.items()}
