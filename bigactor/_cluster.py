@@ -163,7 +163,7 @@ class Cluster:
         if entry is None:
             raise ServiceNotFound("", name, "no actor of that name in this cluster")
         addr, methods = entry
-        return ActorHandle(addr, name, methods)
+        return ActorHandle(addr, name, methods, self.machine_for(addr))
 
     def machine_for(self, addr: str) -> Machine:
         """The machine at ``addr``: a known one, or a new dialed one (not yet pinged)."""

@@ -148,6 +148,8 @@ def _remote_subclass(orig: type[BaseException]) -> type[BaseException] | None:
                     "__qualname__": orig.__qualname__,
                     "__reduce__": _remote_reduce,
                     "__str__": orig.__str__,
+                    # It ran remotely: never re-send it, whatever the original type says.
+                    "retriable": False,
                 },
             )
         except TypeError:
@@ -181,7 +183,10 @@ def as_remote(exc: BaseException, type_name: str, remote_traceback: str, addr: s
         out = sub.__new__(sub, *exc.args)
         out.args = exc.args
         out.__dict__.update(exc.__dict__)
-    out.__dict__.update(type_name=type_name, remote_traceback=remote_traceback, addr=addr, message=str(exc))
+    # The original's own attributes win (a remote MachineLost keeps the machine it names).
+    out.__dict__.update(type_name=type_name, remote_traceback=remote_traceback)
+    out.__dict__.setdefault("addr", addr)
+    out.__dict__.setdefault("message", str(exc))
     if remote_traceback:
         out.add_note(f"remote traceback (machine {addr}):\n{remote_traceback.rstrip()}")
     return out

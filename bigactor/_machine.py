@@ -39,6 +39,7 @@ log = logging.getLogger("bigactor")
 
 KEEPALIVE_NEXT = 300.0  # "keep me alive for 5 min from now", as bigmachine asks
 SHUTDOWN_GRACE = 5.0
+EXIT_RACE = 0.2
 LAST_LINES = 20
 
 
@@ -370,8 +371,8 @@ class Machine:
         return await self._invoke(_codec.dumps_call(target, args, kwargs), target, booting=True)
 
     async def _invoke(self, payload: bytes, target: str, booting: bool = False) -> Any:
-        conn = await self._connection(booting)
         try:
+            conn = await self._connection(booting)
             kind, data = await conn.call(payload)
         except TransportError as exc:
             raise await self._classify(exc) from None
@@ -385,11 +386,17 @@ class Machine:
         raise _rpc.decode_error(data, self.addr)
 
     async def _classify(self, exc: BigActorError) -> BigActorError:
-        """A broken connection: MachineLost if the machine stops right away, else retriable."""
+        """A broken connection: MachineLost if the machine's process ended, else retriable.
+
+        A killed worker's socket can close a moment before the OS reports its exit; where the
+        system observes exits, wait up to EXIT_RACE for that report so the caller gets the
+        true cause (MachineLost, with the signal) rather than a retriable TransportError.
+        """
         if isinstance(exc, MachineLost):
             return exc
-        with trio.move_on_after(0.2):
-            await self._events[State.STOPPED].wait()
+        if self._instance is not None and self._instance.observes_exit:
+            with trio.move_on_after(EXIT_RACE):
+                await self._events[State.STOPPED].wait()
         return self._lost() if self._state == State.STOPPED else exc
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -39,6 +39,9 @@ class Instance(abc.ABC):
     addr: str
     maxprocs: int = 1
     hostname: str = "localhost"
+    #: whether ``wait_exit`` reports the machine's end (then a broken connection waits briefly
+    #: for that report before it is called a transport error)
+    observes_exit: bool = False
 
     async def wait_exit(self) -> str:
         """Return once the machine's process has ended, describing how; by default, never."""

@@ -89,8 +89,15 @@ async def connect(nursery: trio.Nursery, addr: str, key: bytes) -> tuple[Connect
         await trio.aclose_forcefully(stream)
         raise TransportError(addr, str(exc)) from exc
     conn = Connection(ws, addr)
-    nursery.start_soon(conn.run, name=f"connection to {addr}")
+    nursery.start_soon(_run_then_close, conn, stream, name=f"connection to {addr}")
     return conn, peer
+
+
+async def _run_then_close(conn: Connection, stream: trio.abc.Stream) -> None:
+    try:
+        await conn.run()
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def serve_stream(

@@ -40,6 +40,7 @@ class LocalInstance(Instance):
         self.addr = addr
         self.maxprocs = 1
         self.hostname = socket.gethostname()
+        self.observes_exit = True
         self.process = process
         self._lifeline = lifeline
 
