@@ -1,37 +1,16 @@
 """The error tree: flags, messages, pickling, and rebuilt remote exceptions."""
 
 import pickle
+from typing import Any
 
 import dill
 import pytest
 import trio
+from support import Failing, start_one
 
 import bigactor
+from bigactor import RemoteError
 from bigactor._errors import as_remote
-
-ALL = [
-    bigactor.BigActorError("boom"),
-    bigactor.MachineError("unix:/x", "went away"),
-    bigactor.MachineStartError("unix:/x", "init failed"),
-    bigactor.MachineLost("unix:/x", "killed by SIGKILL"),
-    bigactor.TransportError("unix:/x", "connection reset"),
-    bigactor.RemoteError("KeyError", "'k'", "Traceback...", "unix:/x"),
-    bigactor.CodecError("cannot serialise arg 0", "arg 0 -> .lock -> lock"),
-    bigactor.ServiceNotFound("unix:/x", "svc.m", "no actor named 'svc'"),
-    bigactor.ProtocolError("truncated frame"),
-    bigactor.ClusterClosed("closed"),
-    bigactor.BigActorInternalError("oops"),
-]
-
-
-@pytest.mark.parametrize("exc", ALL, ids=lambda e: type(e).__name__)
-@pytest.mark.parametrize("lib", [pickle, dill], ids=["pickle", "dill"])
-def test_every_error_round_trips(exc: BaseException, lib: object) -> None:
-    """Each error pickles and comes back with the same type, text and attributes."""
-    back = lib.loads(lib.dumps(exc))  # type: ignore[attr-defined]
-    assert type(back) is type(exc)
-    assert str(back) == str(exc)
-    assert back.__dict__ == exc.__dict__
 
 
 def test_tree_and_retriable_flags() -> None:
@@ -78,3 +57,59 @@ def test_builtin_remote_error_keeps_builtin_behaviour() -> None:
     exc = as_remote(KeyError("k"), "KeyError", "tb", "unix:/m")
     assert isinstance(exc, KeyError)
     assert str(exc) == "'k'"
+
+
+ERRORS = [
+    bigactor.BigActorError("boom"),
+    bigactor.MachineError("test:1-1", "went away"),
+    bigactor.MachineStartError("test:1-1", "init failed"),
+    bigactor.MachineLost("test:1-1", "keepalive failed after 2.0 s"),
+    bigactor.TransportError("test:1-1", "connection reset"),
+    bigactor.RemoteError("KeyError", "'k'", "Traceback ...", "test:1-1"),
+    bigactor.CodecError("cannot serialise arg 0", "arg 0 -> .conn -> socket"),
+    bigactor.ServiceNotFound("test:1-1", "svc.nope", "no public method"),
+    bigactor.ProtocolError("truncated frame"),
+    bigactor.ClusterClosed("the cluster is closed"),
+    bigactor.BigActorInternalError("oops"),
+]
+
+
+def test_every_error_class_is_covered() -> None:
+    """The list below holds one instance of every error class bigactor exports."""
+    exported = {
+        obj
+        for name in bigactor.__all__
+        if isinstance(obj := getattr(bigactor, name), type) and issubclass(obj, BaseException)
+    }
+    assert exported == {type(e) for e in ERRORS}
+
+
+@pytest.mark.parametrize("exc", ERRORS, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("lib", [pickle, dill], ids=["pickle", "dill"])
+def test_errors_round_trip_through_pickle_and_dill(exc: BaseException, lib: Any) -> None:
+    """Every error comes back with its type, text, args and attributes."""
+    back = lib.loads(lib.dumps(exc))
+    assert type(back) is type(exc)
+    assert str(back) == str(exc)
+    assert back.args == exc.args
+    assert back.__dict__ == exc.__dict__
+
+
+@pytest.mark.parametrize("lib", [pickle, dill], ids=["pickle", "dill"])
+async def test_rebuilt_remote_exception_round_trips(
+    cluster: bigactor.Cluster, autojump_clock: trio.testing.MockClock, lib: Any
+) -> None:
+    """A remote KeyError (KeyError and RemoteError) pickles back to the same class and data."""
+    machine = await start_one(cluster, failing=Failing())
+    with pytest.raises(KeyError) as info:
+        await machine.call("failing.key_error", "k")
+    exc = info.value
+    back = lib.loads(lib.dumps(exc))
+    assert type(back) is type(exc)
+    assert isinstance(back, KeyError)
+    assert isinstance(back, RemoteError)
+    assert str(back) == str(exc) == "'k'"
+    assert back.args == exc.args
+    assert back.type_name == "KeyError"
+    assert back.remote_traceback == exc.remote_traceback
+    assert back.addr == machine.addr
