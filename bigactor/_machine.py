@@ -260,7 +260,12 @@ class Machine:
         import sys
 
         def line(text: str) -> None:
-            if text == SYNC_MARKER:
+            if text.endswith(SYNC_MARKER):
+                # The marker may follow output that did not end its line.
+                text = text[: -len(SYNC_MARKER)]
+                if text:
+                    self.last_lines.append(text)
+                    sys.stderr.write(f"{self.addr}: {text}\n")
                 self._marker_seen = True
                 self._tail_done.set()
                 return

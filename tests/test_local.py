@@ -15,6 +15,7 @@ import os
 import pickle
 import platform
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -142,6 +143,19 @@ class Sleeper:
             if not self._active:
                 self._idle.set()
 
+    async def ticks(self) -> Any:
+        """Stream 0, 1, 2, ... for as long as the caller reads."""
+        self._active += 1
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
     async def wait_sleeping(self) -> None:
         await self._sleeping.wait()
 
@@ -150,7 +164,7 @@ class Sleeper:
         return True
 
     async def wait_idle(self) -> None:
-        """Return once no sleep_forever call is running."""
+        """Return once no sleep_forever call or ticks stream is running."""
         while self._active:
             await self._idle.wait()
             self._idle = trio.Event()
@@ -270,7 +284,7 @@ async def wait_for_line(machine: bigactor.Machine, *words: str) -> str:
 
 
 async def call_killed_midway(machine: bigactor.Machine, service: str) -> BaseException:
-    """Call ``service.sleep_forever``, SIGKILL the worker once the method runs, return the error.
+    """Call ``service.sleep_forever``, SIGKILL the worker once it has the call, return the error.
 
     ``service`` is a :class:`Sleeper`-like service with ``sleep_forever`` and ``ping``.
     """
@@ -294,8 +308,8 @@ async def call_killed_midway(machine: bigactor.Machine, service: str) -> BaseExc
         os.kill(pid, signal.SIGKILL)
         with trio.fail_after(2):  # a bound, not a benchmark
             await done.wait()
-    [exc] = raised
-    return exc
+    assert len(raised) == 1, "the call returned although its worker was killed"
+    return raised[0]
 
 
 def socket_dir(machine: bigactor.Machine) -> str:
@@ -311,6 +325,7 @@ def worker_sys_path() -> list[str]:
 
 
 def existing(paths: set[str]) -> set[str]:
+    """The paths among ``paths`` that exist."""
     return {p for p in paths if os.path.exists(p)}
 
 
@@ -516,7 +531,7 @@ DRIVER_THAT_SLEEPS = """
         async with bigactor.open_cluster() as cluster:
             machines = await cluster.start(2, bigactor.Services(idle=Idle()))
             pids = [await m.call("idle.pid") for m in machines]
-            print(*pids, flush=True)
+            print(os.path.dirname(machines[0].addr.partition(":")[2]), *pids, flush=True)
             await trio.sleep_forever()
 
 
@@ -532,6 +547,7 @@ async def test_driver_killed_with_sigkill_leaves_no_worker(tmp_path: Path) -> No
         [sys.executable, str(script)], stdout=subprocess.PIPE, cwd=tmp_path
     )
     pids: list[int] = []
+    sockets = ""
     try:
         assert proc.stdout is not None
         out = b""
@@ -540,7 +556,8 @@ async def test_driver_killed_with_sigkill_leaves_no_worker(tmp_path: Path) -> No
                 chunk = await proc.stdout.receive_some(4096)
                 assert chunk, "the driver exited before printing its workers' pids"
                 out += chunk
-        pids = [int(p) for p in out.split()]
+        sockets, *rest = out.decode().split()
+        pids = [int(p) for p in rest]
         assert len(pids) == 2
         assert not any(gone(pid) for pid in pids)
         proc.kill()
@@ -556,15 +573,26 @@ async def test_driver_killed_with_sigkill_leaves_no_worker(tmp_path: Path) -> No
         for pid in pids:  # only if the test failed: leave nothing behind
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+        if sockets:  # a driver killed with SIGKILL cannot remove its socket directory
+            shutil.rmtree(sockets, ignore_errors=True)
 
 
 async def test_caller_giving_up_cancels_remote_async_method() -> None:
     """A caller's timeout cancels the remote async method's scope and raises nothing else."""
     async with bigactor.open_cluster() as cluster:
         sleeper = await cluster.spawn(Sleeper)
-        with trio.move_on_after(0.2) as scope:
-            await sleeper.sleep_forever()
-        assert scope.cancelled_caught
+        timeout = trio.CancelScope()
+
+        async def caller() -> None:
+            with timeout:
+                await sleeper.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            await sleeper.wait_sleeping()
+            # The caller's timeout expires while the remote method runs (move_on_after, exactly).
+            timeout.deadline = trio.current_time()
+        assert timeout.cancelled_caught
         with trio.fail_after(5):
             assert await sleeper.wait_cancelled() is True
             await sleeper.wait_idle()
@@ -582,6 +610,47 @@ async def test_call_cancelled_as_it_is_sent_leaves_nothing_running() -> None:
         assert scope.cancelled_caught
         # One round trip later the worker has read both frames and the method has had its turn.
         assert await sleeper.ping() == "pong"
+        with trio.fail_after(5):
+            await sleeper.wait_idle()
+
+
+async def test_stream_abandoned_as_it_is_opened_stops_on_the_machine() -> None:
+    """A stream whose caller gives up at once never leaves its generator running remotely."""
+    async with bigactor.open_cluster() as cluster:
+        sleeper = await cluster.spawn(Sleeper)
+        m = sleeper.machine
+        # On the wire: a streaming CALL and its CANCEL queued together reach the worker in
+        # one message (a caller abandoning a stream races the same way, less reliably).
+        async with trio.open_nursery() as nursery:
+            conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
+            call_id = conn.open_stream(_codec.dumps_call(f"{sleeper.name}.ticks", (), {}))
+            conn.close_stream(call_id)
+            # The reply to a later call on the same connection means the worker read both frames.
+            kind, data = await conn.call(_codec.dumps_call(f"{sleeper.name}.ping", (), {}))
+            assert (kind, _codec.loads(data)) == (Kind.REPLY, "pong")
+            with trio.fail_after(5):
+                await sleeper.wait_idle()
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
+
+        # The same through a handle: the caller gives up before the first item.
+        with trio.move_on_after(0) as scope:
+            async with sleeper.ticks() as ticks:
+                async for _ in ticks:
+                    pass
+        assert scope.cancelled_caught
+        assert await sleeper.ping() == "pong"
+        with trio.fail_after(5):
+            await sleeper.wait_idle()
+
+        # A stream read for a while and then dropped stops too.
+        got = []
+        async with sleeper.ticks() as ticks:
+            async for i in ticks:
+                got.append(i)
+                if len(got) == 5:
+                    break
+        assert got == list(range(5))
         with trio.fail_after(5):
             await sleeper.wait_idle()
 
@@ -864,7 +933,7 @@ async def test_remote_exceptions_keep_their_type_and_traceback() -> None:
             await m.call("failing.custom", 7)
         assert isinstance(custom_info.value, RemoteError)
         assert custom_info.value.code == 7
-        assert "custom" in custom_info.value.remote_traceback
+        assert "raise CustomError(code)" in custom_info.value.remote_traceback
 
 
 async def test_remote_transport_error_is_not_a_local_transport_error() -> None:

@@ -214,9 +214,12 @@ class CallDispatcher:
             self._jobs[call_id] = job
             actor.submit(job)
         elif kind == ASYNC:
+            # The scope exists before the task runs: a CANCEL in the same message finds it.
+            self._scopes[call_id] = trio.CancelScope()
             self._nursery.start_soon(self._run_async, conn, call_id, fn, args, kwargs)
         else:
             self._credits[call_id] = _Credit()
+            self._scopes[call_id] = trio.CancelScope()
             self._nursery.start_soon(self._run_stream, conn, call_id, actor, fn, args, kwargs, kind)
 
     def _reply(self, conn: Connection, call_id: int, ok: bool, value: Any) -> None:
@@ -236,8 +239,7 @@ class CallDispatcher:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        with trio.CancelScope() as scope:
-            self._scopes[call_id] = scope
+        with self._scopes[call_id]:
             try:
                 value = await fn(*args, **kwargs)
             except Exception as exc:
@@ -258,8 +260,7 @@ class CallDispatcher:
         kind: str,
     ) -> None:
         credit = self._credits[call_id]
-        with trio.CancelScope() as scope:
-            self._scopes[call_id] = scope
+        with self._scopes[call_id]:
             try:
                 if kind == ASYNC_GEN:
                     agen = fn(*args, **kwargs)
