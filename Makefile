@@ -25,9 +25,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check bigactor tests examples
 	$(BIN)/mypy
 
+# Coverage runs pytest itself (not pytest-cov) so that the pytest plugin's import and every
+# worker subprocess are measured too.
 test: lint
 	rm -f .coverage .coverage.*
-	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/python -m pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
+	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format bigactor tests examples

@@ -169,6 +169,10 @@ class Machine:
                     else:
                         if self._instance is not None:
                             await self._tail_done.wait()
+                            if self._instance.observes_exit:
+                                # Let the worker finish exiting on its own (it flushes and
+                                # saves what it must); the kill below is for stragglers.
+                                await self._events[State.STOPPED].wait()
             self._fail(MachineLost(self.addr, "shut down"), logging.DEBUG)
             if self._instance is not None:
                 self._instance.kill()

@@ -1,0 +1,34 @@
+"""The examples run as a user runs them, on the local system, and print what they promise."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_counter_example_runs() -> None:
+    """examples/counter.py shows sync, async, streamed and actor-to-actor calls."""
+    out = run(str(EXAMPLES / "counter.py"))
+    assert out.returncode == 0, out.stderr
+    assert "add(5) -> 15" in out.stdout
+    assert "total() -> 15" in out.stdout
+    assert "count_up(3) -> [16, 17, 18]" in out.stdout
+    assert "says 18" in out.stdout
+
+
+def test_pi_example_scatters_over_n_machines() -> None:
+    """examples/pi.py estimates pi on the number of machines given on the command line."""
+    out = run(str(EXAMPLES / "pi.py"), "3", "--samples", "300000")
+    assert out.returncode == 0, out.stderr
+    assert "on 3 machines" in out.stdout
+    estimate = float(out.stdout.split("pi ~ ")[1].split()[0])
+    assert abs(estimate - 3.14159) < 0.05
