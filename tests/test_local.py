@@ -413,3 +413,19 @@ async def test_unserialisable_service_raises_codec_error_naming_the_path() -> No
             assert "service 'x' -> .sock" in str(info.value)
             assert info.value.path.startswith("service 'x' -> .sock")
             assert cluster.machines() == []
+
+
+async def test_worker_that_cannot_boot_fails_naming_its_output(tmp_path: Path) -> None:
+    """A worker interpreter that cannot import bigactor fails the machine fast, quoting it."""
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'no bigactor here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    async with bigactor.open_cluster(python=str(broken)) as cluster:
+        [m] = await cluster.start(1, Services(echo=Echo()))
+        with trio.fail_after(10):
+            assert await m.wait(State.RUNNING) == State.STOPPED
+        assert isinstance(m.error, MachineStartError)
+        assert "exited with code 3" in str(m.error)
+        assert "no bigactor here" in str(m.error)
+        with pytest.raises(MachineLost):
+            await m.call("echo.echo", 1)

@@ -79,15 +79,17 @@ async def connect(nursery: trio.Nursery, addr: str, key: bytes) -> tuple[Connect
                 receive_buffer_size=RECEIVE_BUFFER,
             )
             peer = await _auth.client_handshake(ws, key)
-    except trio.TooSlowError as exc:
+    except BaseException as exc:
+        # Whatever ends the handshake (a bad peer, a timeout, our own cancellation), the
+        # socket is ours to close.
         await trio.aclose_forcefully(stream)
-        raise TransportError(addr, f"no handshake within {HANDSHAKE_TIMEOUT} s") from exc
-    except (HandshakeError, ConnectionClosed, trio.BrokenResourceError, OSError) as exc:
-        await trio.aclose_forcefully(stream)
-        raise TransportError(addr, f"handshake failed: {exc!r}") from exc
-    except ProtocolError as exc:
-        await trio.aclose_forcefully(stream)
-        raise TransportError(addr, str(exc)) from exc
+        if isinstance(exc, trio.TooSlowError):
+            raise TransportError(addr, f"no handshake within {HANDSHAKE_TIMEOUT} s") from exc
+        if isinstance(exc, (HandshakeError, ConnectionClosed, trio.BrokenResourceError, OSError)):
+            raise TransportError(addr, f"handshake failed: {exc!r}") from exc
+        if isinstance(exc, ProtocolError):
+            raise TransportError(addr, str(exc)) from exc
+        raise
     conn = Connection(ws, addr)
     nursery.start_soon(_run_then_close, conn, stream, name=f"connection to {addr}")
     return conn, peer
