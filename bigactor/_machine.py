@@ -236,6 +236,12 @@ class Machine:
                 await self._boot()
         except trio.TooSlowError:
             raise MachineStartError(self.addr, f"not ready after {self._boot_timeout:.0f} s") from None
+        except TransportError as exc:
+            # A worker that dies while booting resets its socket first; its exit, when the
+            # system sees it, names the true cause.
+            if isinstance(await self._classify(exc), MachineLost):
+                return
+            raise MachineStartError(self.addr, f"cannot reach the worker: {exc.message}") from exc
         self._set_state(State.RUNNING)
         log.debug("%s: running after %.3f s", self.addr, trio.current_time() - started)
         if self.owned:

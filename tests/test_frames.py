@@ -49,3 +49,32 @@ def test_text_message_is_rejected() -> None:
     """A websocket text message is not a frame."""
     with pytest.raises(ProtocolError, match="text"):
         list(decode("hello"))  # type: ignore[arg-type]
+
+
+async def test_websocket_limit_and_large_messages_over_memory_streams() -> None:
+    """Messages above LARGE arrive whole; a message over the limit is refused with 1009."""
+    import trio
+    import trio.testing
+
+    from bigactor._rpc._websocket import LARGE, WebSocketClosed, client_upgrade, server_upgrade
+
+    a, b = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        got: list = []
+
+        async def serve() -> None:
+            ws = await server_upgrade(b)
+            ws.max_message = 3 * LARGE
+            got.append(bytes(await ws.get_message()))
+            with pytest.raises(ProtocolError, match="message of more than"):
+                await ws.get_message()
+
+        nursery.start_soon(serve)
+        client = await client_upgrade(a, "test")
+        payload = bytes(range(256)) * (2 * LARGE // 256)
+        await client.send_message([b"head", payload])
+        await client.send_message(bytes(4 * LARGE))
+        with pytest.raises(WebSocketClosed) as info:
+            await client.get_message()
+        assert info.value.code == 1009
+    assert got == [b"head" + payload]

@@ -114,22 +114,20 @@ async def test_malformed_frames_close_that_connection_only_with_a_logged_reason(
         assert m.state == State.RUNNING
 
 
-async def test_oversized_message_closes_that_connection_only() -> None:
-    """A websocket message over the size limit closes its connection; the worker serves on."""
+async def test_oversized_message_before_authentication_closes_that_connection_only() -> None:
+    """Before a peer authenticates, a message over 64 KiB closes its connection (code 1009)."""
     async with bigactor.open_cluster() as cluster:
         [m] = await cluster.start(1, Services(echo=Echo()))
-        with trio.fail_after(30):
-            assert await m.wait(State.RUNNING) == State.RUNNING
-        async with trio.open_nursery() as nursery:
-            conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
-            big = _frames.HEADER.pack(Kind.CALL, 0, 1, 3 * MiB) + bytes(3 * MiB)
+        assert await m.call("echo.echo", 1) == 1
+        stream = await trio.open_unix_socket(m.addr.partition(":")[2])
+        async with stream, trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "bigactor", "/")
             with contextlib.suppress(ConnectionClosed):  # the worker hangs up mid-message
-                await conn._ws.send_message(big)
-            with trio.fail_after(5):
-                await conn._done.wait()
-            assert "1009" in str(conn.error)  # websocket close code: message too big
-            await conn.aclose()
-            nursery.cancel_scope.cancel()
+                await ws.send_message(_auth.MAGIC + bytes(MiB))
+            with trio.fail_after(5), pytest.raises(ConnectionClosed) as info:
+                await drain(ws)
+            assert info.value.reason.code == 1009  # websocket close code: message too big
+            await ws.aclose()
         assert await m.call("echo.echo", 2) == 2
 
 

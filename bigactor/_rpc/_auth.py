@@ -37,7 +37,7 @@ MAC = hashlib.sha256().digest_size
 
 class MessageChannel(Protocol):
     async def send_message(self, message: bytes) -> None: ...
-    async def get_message(self) -> str | bytes: ...
+    async def get_message(self) -> bytes | memoryview: ...
 
 
 class AuthError(ProtocolError):
@@ -63,7 +63,7 @@ def _mac(key: bytes, *parts: bytes) -> bytes:
 
 async def _get(channel: MessageChannel, what: str) -> bytes:
     msg = await channel.get_message()
-    if not isinstance(msg, (bytes, bytearray)):
+    if not isinstance(msg, (bytes, bytearray, memoryview)):
         raise AuthError(f"expected binary {what} message, got text")
     return bytes(msg)
 

@@ -23,15 +23,15 @@ from typing import Any, Protocol
 
 import outcome
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .._errors import ProtocolError, TransportError
 from . import _frames
 from ._frames import Kind
+from ._websocket import WebSocket, WebSocketClosed
 
 log = logging.getLogger("bigactor.rpc")
 
-MAX_MESSAGE = 2 * _frames.CHUNK + 4096
+MAX_MESSAGE = _frames.CHUNK + 64 * 1024
 STREAM_WINDOW = 32
 
 
@@ -61,7 +61,7 @@ class Connection:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         addr: str,
         dispatcher: Dispatcher | None = None,
         on_close: Callable[[BaseException], None] | None = None,
@@ -106,14 +106,14 @@ class Connection:
                 n, more = self._outbox.popleft()
                 size += n
                 parts.extend(more)
-            await self._ws.send_message(b"".join(parts))
+            await self._ws.send_message(parts)
 
     # -- receiving ----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
         while True:
             message = await self._ws.get_message()
-            for frame in _frames.decode(message):  # type: ignore[arg-type]
+            for frame in _frames.decode(message):
                 self._dispatch(frame)
 
     def _dispatch(self, frame: _frames.Frame) -> None:
@@ -175,10 +175,8 @@ class Connection:
         try:
             await part()
             return
-        except ConnectionClosed as exc:
-            reason = exc.reason
-            text = "no reason" if reason is None else f"{reason.code}: {reason.reason or reason.name}"
-            error = TransportError(self.addr, f"connection closed ({text})")
+        except WebSocketClosed as exc:
+            error = TransportError(self.addr, f"connection closed ({exc})")
         except ProtocolError as exc:
             log.warning("%s: closing connection: %s", self.addr, exc)
             error = TransportError(self.addr, f"protocol error: {exc}")

@@ -21,7 +21,7 @@ import attrs
 from .._errors import ProtocolError
 
 HEADER = struct.Struct("<BBQI")
-CHUNK = 1 << 20
+CHUNK = 128 << 20
 
 
 class Kind(enum.IntEnum):
@@ -67,9 +67,9 @@ def encode(
     return out
 
 
-def decode(message: bytes) -> Iterator[Frame]:
+def decode(message: bytes | bytearray | memoryview) -> Iterator[Frame]:
     """Split a websocket message into frames; raise ProtocolError on anything malformed."""
-    if not isinstance(message, (bytes, bytearray)):
+    if not isinstance(message, (bytes, bytearray, memoryview)):
         raise ProtocolError("text message where binary frames were expected")
     view = memoryview(message)
     pos, end = 0, len(message)

@@ -12,17 +12,15 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import trio
-import trio_websocket
-from trio_websocket import ConnectionClosed, HandshakeError
 
 from .._errors import ProtocolError, TransportError
 from . import _auth
 from ._connection import MAX_MESSAGE, Connection
 from ._server import ActorTable, CallDispatcher, RunSync
+from ._websocket import WebSocketClosed, client_upgrade, server_upgrade
 
 log = logging.getLogger("bigactor.rpc")
 
-RECEIVE_BUFFER = 1 << 16
 HANDSHAKE_TIMEOUT = 10.0
 
 Opener = Callable[[str], Awaitable[trio.abc.Stream]]
@@ -70,22 +68,16 @@ async def connect(nursery: trio.Nursery, addr: str, key: bytes) -> tuple[Connect
     stream = await open_stream(addr)
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
-            ws = await trio_websocket.wrap_client_stream(
-                nursery,
-                stream,  # type: ignore[arg-type]  # any trio stream works
-                "bigactor",
-                "/",
-                max_message_size=MAX_MESSAGE,
-                receive_buffer_size=RECEIVE_BUFFER,
-            )
+            ws = await client_upgrade(stream, "bigactor")
             peer = await _auth.client_handshake(ws, key)
+            ws.max_message = MAX_MESSAGE
     except BaseException as exc:
         # Whatever ends the handshake (a bad peer, a timeout, our own cancellation), the
         # socket is ours to close.
         await trio.aclose_forcefully(stream)
         if isinstance(exc, trio.TooSlowError):
             raise TransportError(addr, f"no handshake within {HANDSHAKE_TIMEOUT} s") from exc
-        if isinstance(exc, (HandshakeError, ConnectionClosed, trio.BrokenResourceError, OSError)):
+        if isinstance(exc, (WebSocketClosed, trio.BrokenResourceError, OSError)):
             raise TransportError(addr, f"handshake failed: {exc!r}") from exc
         if isinstance(exc, ProtocolError):
             raise TransportError(addr, str(exc)) from exc
@@ -111,36 +103,20 @@ async def serve_stream(
     sent is decoded. Other connections are unaffected.
     """
     try:
-        async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT):
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, max_message_size=MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER
-                    )
-                    ws = await request.accept()
-                    await _auth.server_handshake(ws, key)
-            except ProtocolError as exc:
-                log.warning("%s: rejected a connection: %s", addr, exc)
-                nursery.cancel_scope.cancel()
-                return
-            except (
-                trio.TooSlowError,
-                ConnectionClosed,
-                HandshakeError,
-                trio.BrokenResourceError,
-                OSError,
-            ) as exc:
-                log.info("%s: dropped a connection during its handshake: %r", addr, exc)
-                nursery.cancel_scope.cancel()
-                return
-            async with trio.open_nursery() as calls:
-                conn = Connection(ws, addr, CallDispatcher(table, calls, run_sync))
-                await conn.run()
-                calls.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()
-    except Exception as exc:
-        # trio-websocket lets errors of a broken peer escape as groups; they concern that
-        # peer only, so log them and keep serving the others.
-        log.warning("%s: connection ended with an error: %r", addr, exc)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                ws = await server_upgrade(stream)
+                await _auth.server_handshake(ws, key)
+                ws.max_message = MAX_MESSAGE
+        except ProtocolError as exc:
+            log.warning("%s: rejected a connection: %s", addr, exc)
+            return
+        except (trio.TooSlowError, WebSocketClosed, trio.BrokenResourceError, OSError) as exc:
+            log.info("%s: dropped a connection during its handshake: %r", addr, exc)
+            return
+        async with trio.open_nursery() as calls:
+            conn = Connection(ws, addr, CallDispatcher(table, calls, run_sync))
+            await conn.run()
+            calls.cancel_scope.cancel()
     finally:
         await trio.aclose_forcefully(stream)

@@ -1,0 +1,305 @@
+"""A lean RFC 6455 websocket over any trio byte stream, binary messages only.
+
+bigactor owns both ends of every connection, so it needs little of websocket's generality and
+all of its speed: one parse loop over a reusable buffer, one ``send_all`` per message, and large
+messages received straight into their own buffer (``recv_into`` on sockets) with no
+reassembly. trio-websocket costs ~270 Python calls per message and copies large messages
+several times; see ``spec/transport-floors.md``.
+
+Deviation from RFC 6455, on purpose: a client masks its frames with the all-zero masking key.
+Masking exists so that browser script cannot make a websocket emit bytes of its choosing
+toward an HTTP intermediary; bigactor's connections carry no browser traffic, cross no
+intermediary, and are authenticated before any payload is read. A random key would cost a full
+pass over every payload in Python (~400 ms for 64 MiB here). The frames are otherwise standard,
+and frames masked with any key are accepted and unmasked.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import struct
+from collections.abc import Sequence
+
+import trio
+
+from .._errors import ProtocolError
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_HEADERS = 16 * 1024
+HANDSHAKE_MESSAGE_LIMIT = 64 * 1024
+RECEIVE = 256 * 1024
+LARGE = 1 << 20  # messages at least this big are received into a buffer of their own
+SMALL_SEND = 64 * 1024  # messages up to this size are joined and sent with one call
+
+OP_CONT, OP_BINARY, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x1, 0x8, 0x9, 0xA
+
+Piece = bytes | bytearray | memoryview
+
+
+class HandshakeFailed(ProtocolError):
+    """The peer did not speak the websocket upgrade."""
+
+
+class WebSocketClosed(Exception):
+    """The websocket was closed: by a close frame (``code``, ``reason``) or end of stream."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.code}{': ' + self.reason if self.reason else ''}"
+
+
+def _accept(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def _unmask(data: memoryview, key: bytes) -> bytes:
+    n = len(data)
+    mask = int.from_bytes((key * (n // 4 + 1))[:n], "little")
+    return (int.from_bytes(data, "little") ^ mask).to_bytes(n, "little")
+
+
+async def _read_headers(stream: trio.abc.Stream) -> tuple[list[bytes], bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > MAX_HEADERS:
+            raise HandshakeFailed("websocket upgrade headers too large")
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise HandshakeFailed("connection closed during the websocket upgrade")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head.split(b"\r\n"), rest
+
+
+def _headers(lines: Sequence[bytes]) -> dict[bytes, bytes]:
+    out = {}
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise HandshakeFailed("malformed header in the websocket upgrade")
+        out[name.strip().lower()] = value.strip()
+    return out
+
+
+async def client_upgrade(stream: trio.abc.Stream, host: str, path: str = "/") -> WebSocket:
+    """Upgrade ``stream`` to a websocket as the client."""
+    key = base64.b64encode(os.urandom(16))
+    await stream.send_all(
+        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    lines, rest = await _read_headers(stream)
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or status[1] != b"101":
+        raise HandshakeFailed(f"server refused the websocket upgrade: {lines[0][:80]!r}")
+    if _headers(lines[1:]).get(b"sec-websocket-accept") != _accept(key):
+        raise HandshakeFailed("server answered the websocket upgrade with a wrong accept key")
+    return WebSocket(stream, client=True, data=rest)
+
+
+async def server_upgrade(stream: trio.abc.Stream) -> WebSocket:
+    """Accept a websocket upgrade on ``stream`` as the server; refuse anything else."""
+    lines, rest = await _read_headers(stream)
+    request = lines[0].split(b" ")
+    headers = _headers(lines[1:])
+    key = headers.get(b"sec-websocket-key", b"")
+    if (
+        len(request) != 3
+        or request[0] != b"GET"
+        or headers.get(b"upgrade", b"").lower() != b"websocket"
+        or b"upgrade" not in headers.get(b"connection", b"").lower()
+        or headers.get(b"sec-websocket-version") != b"13"
+        or not key
+    ):
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        raise HandshakeFailed("peer did not ask for a websocket upgrade")
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + _accept(key) + b"\r\n\r\n"
+    )
+    return WebSocket(stream, client=False, data=rest)
+
+
+class WebSocket:
+    """One open websocket: send and receive whole binary messages.
+
+    One task may send and one task may receive at a time (the connection's sender and reader);
+    control frames the reader must answer share the send lock.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, client: bool, data: bytes = b"") -> None:
+        self._stream = stream
+        sock = getattr(stream, "socket", None)
+        self._recv_into = getattr(sock, "recv_into", None)
+        self._client = client
+        self._buf = bytearray(data)
+        self._pos = 0
+        self._send_lock = trio.StrictFIFOLock()
+        self._close_sent = False
+        #: largest message accepted; small until the peer has authenticated
+        self.max_message = HANDSHAKE_MESSAGE_LIMIT
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def _header(self, opcode: int, n: int) -> bytes:
+        mask = 0x80 if self._client else 0
+        if n < 126:
+            header = bytes((0x80 | opcode, mask | n))
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, mask | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, mask | 127, n)
+        # A client's frames carry the zero masking key (see the module docstring).
+        return header + b"\0\0\0\0" if self._client else header
+
+    async def send_message(self, message: Piece | Sequence[Piece]) -> None:
+        """Send one binary message made of ``message`` (bytes or a list of pieces)."""
+        pieces: Sequence[Piece] = (
+            (message,) if isinstance(message, (bytes, bytearray, memoryview)) else message
+        )
+        n = sum(len(p) for p in pieces)
+        header = self._header(OP_BINARY, n)
+        async with self._send_lock:
+            if n <= SMALL_SEND:
+                await self._stream.send_all(header + b"".join(pieces))
+                return
+            small = [header]
+            for piece in pieces:
+                if len(piece) < SMALL_SEND:
+                    small.append(piece)  # type: ignore[arg-type]
+                    continue
+                if small:
+                    await self._stream.send_all(b"".join(small))
+                    small = []
+                await self._stream.send_all(piece)
+            if small:
+                await self._stream.send_all(b"".join(small))
+
+    async def _send_control(self, opcode: int, payload: bytes) -> None:
+        async with self._send_lock:
+            await self._stream.send_all(self._header(opcode, len(payload)) + payload)
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (once) and close the stream."""
+        try:
+            if not self._close_sent:
+                self._close_sent = True
+                with trio.move_on_after(1):
+                    await self._send_control(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self._stream)
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    async def _fill(self, n: int) -> None:
+        """Make at least ``n`` unread bytes available in the buffer."""
+        buf = self._buf
+        while len(buf) - self._pos < n:
+            if self._pos:
+                del buf[: self._pos]
+                self._pos = 0
+            chunk = await self._stream.receive_some(RECEIVE)
+            if not chunk:
+                raise WebSocketClosed(1006, "connection closed without a close frame")
+            buf += chunk
+
+    def _take(self, n: int) -> bytes:
+        start = self._pos
+        self._pos = start + n
+        return bytes(self._buf[start : start + n])
+
+    async def _read_large(self, n: int) -> memoryview:
+        """Read an ``n``-byte payload straight into a buffer of its own."""
+        out = bytearray(n)
+        view = memoryview(out)
+        have = min(len(self._buf) - self._pos, n)
+        view[:have] = self._buf[self._pos : self._pos + have]
+        self._pos += have
+        while have < n:
+            if self._recv_into is not None:
+                got = await self._recv_into(view[have:])
+            else:
+                chunk = await self._stream.receive_some(min(n - have, RECEIVE * 4))
+                got = len(chunk)
+                view[have : have + got] = chunk
+            if not got:
+                raise WebSocketClosed(1006, "connection closed in the middle of a message")
+            have += got
+        return view
+
+    async def get_message(self) -> bytes | memoryview:
+        """Receive the next binary message; answer pings; raise WebSocketClosed at the end."""
+        parts: list[bytes | memoryview] = []
+        total = 0
+        while True:
+            await self._fill(2)
+            b0, b1 = self._buf[self._pos], self._buf[self._pos + 1]
+            self._pos += 2
+            fin, opcode, masked, n = b0 & 0x80, b0 & 0x0F, b1 & 0x80, b1 & 0x7F
+            if b0 & 0x70:
+                raise ProtocolError("websocket frame with reserved bits set")
+            if n == 126:
+                await self._fill(2)
+                (n,) = struct.unpack_from("!H", self._buf, self._pos)
+                self._pos += 2
+            elif n == 127:
+                await self._fill(8)
+                (n,) = struct.unpack_from("!Q", self._buf, self._pos)
+                self._pos += 8
+            key = b""
+            if masked:
+                await self._fill(4)
+                key = self._take(4)
+            if opcode >= OP_CLOSE:
+                if n > 125 or not fin:
+                    raise ProtocolError("malformed websocket control frame")
+                await self._fill(n)
+                payload = self._take(n)
+                if key.strip(b"\0"):
+                    payload = _unmask(memoryview(payload), key)
+                await self._control(opcode, payload)
+                continue
+            if total + n > self.max_message:
+                await self.aclose(1009, f"message larger than {self.max_message} bytes")
+                raise ProtocolError(f"message of more than {self.max_message} bytes")
+            if opcode == OP_TEXT:
+                raise ProtocolError("text message where binary frames were expected")
+            if (opcode == OP_CONT) != bool(parts):
+                raise ProtocolError("unexpected websocket continuation frame")
+            if n >= LARGE:
+                data: bytes | memoryview = await self._read_large(n)
+            else:
+                await self._fill(n)
+                data = self._take(n)
+            if key.strip(b"\0"):
+                data = _unmask(memoryview(data), key)
+            if fin and not parts:
+                return data
+            parts.append(data)
+            total += n
+            if fin:
+                return b"".join(parts)
+
+    async def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            await self._send_control(OP_PONG, payload)
+        elif opcode == OP_CLOSE:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            reason = payload[2:].decode(errors="replace")
+            if not self._close_sent:
+                self._close_sent = True
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self._send_control(OP_CLOSE, payload[:2])
+            raise WebSocketClosed(code, reason)
+        elif opcode != OP_PONG:
+            raise ProtocolError(f"unknown websocket opcode {opcode}")
