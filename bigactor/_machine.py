@@ -391,7 +391,7 @@ class Machine:
             kind, data = await conn.call(payload)
         except TransportError as exc:
             raise await self._classify(exc) from None
-        if kind is Kind.REPLY:
+        if kind == Kind.REPLY:
             try:
                 return _codec.loads(data)
             except Exception as exc:
@@ -499,10 +499,10 @@ class RemoteStream:
                 raise await self._machine._classify(exc) from None
         assert self._id is not None
         kind, data = await self._conn.next_item(self._id)
-        if kind is Kind.STREAM_DATA:
+        if kind == Kind.STREAM_DATA:
             return _codec.loads(data)
         self._close()
-        if kind is Kind.STREAM_END:
+        if kind == Kind.STREAM_END:
             raise StopAsyncIteration
         if isinstance(data, TransportError):
             raise await self._machine._classify(data) from None

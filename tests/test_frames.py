@@ -14,7 +14,7 @@ def test_round_trip_of_several_frames_in_one_message() -> None:
     """Frames packed back to back come out in order with their payloads."""
     msg = _message(encode(Kind.CALL, 1, b"abc") + encode(Kind.CANCEL, 2) + encode(Kind.REPLY, 3, b"x"))
     frames = list(decode(msg))
-    assert [(f.kind, f.id, bytes(f.payload)) for f in frames] == [
+    assert [(kind, call_id, bytes(payload)) for kind, _, call_id, payload in frames] == [
         (Kind.CALL, 1, b"abc"),
         (Kind.CANCEL, 2, b""),
         (Kind.REPLY, 3, b"x"),
@@ -26,8 +26,8 @@ def test_large_payload_is_chunked() -> None:
     payload = bytes(range(256)) * (CHUNK // 256 * 2 + 1)
     pieces = encode(Kind.REPLY, 9, payload)
     frames = [next(decode(_message(pieces[i : i + 2]))) for i in range(0, len(pieces), 2)]
-    assert [bool(f.flags & MORE) for f in frames] == [True, True, False]
-    assert b"".join(bytes(f.payload) for f in frames) == payload
+    assert [bool(flags & MORE) for _, flags, _, _ in frames] == [True, True, False]
+    assert b"".join(bytes(p) for *_, p in frames) == payload
 
 
 @pytest.mark.parametrize(

@@ -140,10 +140,10 @@ async def test_bad_calls_get_clear_errors_and_the_connection_serves_on() -> None
         async with trio.open_nursery() as nursery:
             conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
             kind, data = await conn.call(b"\x80\x05this is not a pickle")
-            assert kind is Kind.ERROR
+            assert kind == Kind.ERROR
             assert isinstance(_rpc.decode_error(data, m.addr), bigactor.CodecError)
             kind, data = await conn.call(_codec.dumps_call("echo.echo", (5,), {}))
-            assert kind is Kind.REPLY
+            assert kind == Kind.REPLY
             assert _codec.loads(data) == 5
             assert not conn.broken
             await conn.aclose()

@@ -50,7 +50,7 @@ class _Stream:
     __slots__ = ("consumed", "done", "items", "task")
 
     def __init__(self) -> None:
-        self.items: deque[tuple[Kind, Any]] = deque()
+        self.items: deque[tuple[int, Any]] = deque()
         self.task: trio.lowlevel.Task | None = None
         self.done = False
         self.consumed = 0
@@ -117,42 +117,41 @@ class Connection:
                 self._dispatch(frame)
 
     def _dispatch(self, frame: _frames.Frame) -> None:
-        payload = memoryview(frame.payload)
-        if frame.flags & _frames.MORE:
-            self._partial.setdefault(frame.id, []).append(payload)
-            if sum(len(p) for p in self._partial[frame.id]) > (1 << 34):
+        kind, flags, call_id, payload = frame
+        if flags & _frames.MORE:
+            self._partial.setdefault(call_id, []).append(payload)
+            if sum(len(p) for p in self._partial[call_id]) > (1 << 34):
                 raise ProtocolError("chunked payload larger than 16 GiB")
             return
-        if frame.id in self._partial:
-            parts = self._partial.pop(frame.id)
+        if self._partial and call_id in self._partial:
+            parts = self._partial.pop(call_id)
             parts.append(payload)
             payload = memoryview(b"".join(parts))
-        kind = frame.kind
-        if kind is Kind.REPLY or kind is Kind.ERROR:
-            task = self._pending.pop(frame.id, None)
+        if kind == Kind.REPLY or kind == Kind.ERROR:
+            task = self._pending.pop(call_id, None)
             if task is not None:
                 trio.lowlevel.reschedule(task, outcome.Value((kind, payload)))
-            elif frame.id in self._streams:
-                self._stream_item(frame.id, kind, payload)
-        elif kind is Kind.STREAM_DATA or kind is Kind.STREAM_END:
-            self._stream_item(frame.id, kind, payload)
+            elif call_id in self._streams:
+                self._stream_item(call_id, kind, payload)
+        elif kind == Kind.STREAM_DATA or kind == Kind.STREAM_END:
+            self._stream_item(call_id, kind, payload)
         elif self._dispatcher is None:
-            raise ProtocolError(f"unexpected {kind.name} frame on a calling connection")
-        elif kind is Kind.CALL:
-            self._dispatcher.call_received(self, frame.id, payload, frame.flags)
-        elif kind is Kind.CANCEL:
-            self._dispatcher.cancel_received(frame.id)
-        elif kind is Kind.CREDIT:
+            raise ProtocolError(f"unexpected {Kind(kind).name} frame on a calling connection")
+        elif kind == Kind.CALL:
+            self._dispatcher.call_received(self, call_id, payload, flags)
+        elif kind == Kind.CANCEL:
+            self._dispatcher.cancel_received(call_id)
+        elif kind == Kind.CREDIT:
             if len(payload) != 4:
                 raise ProtocolError("malformed CREDIT frame")
-            self._dispatcher.credit_received(frame.id, int.from_bytes(payload, "little"))
+            self._dispatcher.credit_received(call_id, int.from_bytes(payload, "little"))
 
-    def _stream_item(self, call_id: int, kind: Kind, payload: memoryview) -> None:
+    def _stream_item(self, call_id: int, kind: int, payload: memoryview) -> None:
         stream = self._streams.get(call_id)
         if stream is None:
             return  # the caller gave up on this stream; late data is dropped
         stream.items.append((kind, payload))
-        if kind is not Kind.STREAM_DATA:
+        if kind != Kind.STREAM_DATA:
             stream.done = True
         if stream.task is not None:
             task, stream.task = stream.task, None
@@ -221,7 +220,7 @@ class Connection:
 
     # -- calls (caller side) ------------------------------------------------------------------
 
-    async def call(self, payload: bytes) -> tuple[Kind, memoryview]:
+    async def call(self, payload: bytes) -> tuple[int, memoryview]:
         """Send a CALL and wait for its REPLY or ERROR frame.
 
         Cancelling the caller sends CANCEL to the machine and re-raises ``trio.Cancelled``.
@@ -239,7 +238,7 @@ class Connection:
                 self.send(Kind.CANCEL, call_id)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        result: tuple[Kind, memoryview] = await trio.lowlevel.wait_task_rescheduled(abort)
+        result: tuple[int, memoryview] = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
 
     def open_stream(self, payload: bytes) -> int:
@@ -252,7 +251,7 @@ class Connection:
         self.send(Kind.CALL, call_id, payload, _frames.STREAM)
         return call_id
 
-    async def next_item(self, call_id: int) -> tuple[Kind, Any]:
+    async def next_item(self, call_id: int) -> tuple[int, Any]:
         """Wait for the next frame of a stream: STREAM_DATA, STREAM_END or ERROR."""
         stream = self._streams[call_id]
         if not stream.items:
@@ -264,7 +263,7 @@ class Connection:
 
             await trio.lowlevel.wait_task_rescheduled(abort)
         item = stream.items.popleft()
-        if item[0] is Kind.STREAM_DATA:
+        if item[0] == Kind.STREAM_DATA:
             stream.consumed += 1
             if stream.consumed >= STREAM_WINDOW // 2:
                 self.send(Kind.CREDIT, call_id, stream.consumed.to_bytes(4, "little"))

@@ -16,8 +16,6 @@ import enum
 import struct
 from collections.abc import Iterator
 
-import attrs
-
 from .._errors import ProtocolError
 
 HEADER = struct.Struct("<BBQI")
@@ -40,12 +38,9 @@ STREAM = 2  # flag on CALL: the caller iterates the reply as a stream
 _KINDS = frozenset(int(k) for k in Kind)
 
 
-@attrs.frozen
-class Frame:
-    kind: Kind
-    id: int
-    payload: bytes | memoryview = b""
-    flags: int = 0
+#: One decoded frame: (kind, flags, call id, payload). A plain tuple: the reader makes one per
+#: frame, and a tuple costs a fraction of an object (kind is a plain int, equal to its Kind).
+Frame = tuple[int, int, int, memoryview]
 
 
 def encode(
@@ -73,16 +68,17 @@ def decode(message: bytes | bytearray | memoryview) -> Iterator[Frame]:
         raise ProtocolError("text message where binary frames were expected")
     view = memoryview(message)
     pos, end = 0, len(message)
+    unpack, size = HEADER.unpack_from, HEADER.size
     if end == 0:
         raise ProtocolError("empty message")
     while pos < end:
         if end - pos < HEADER.size:
             raise ProtocolError(f"truncated frame header ({end - pos} bytes)")
-        kind, flags, call_id, n = HEADER.unpack_from(view, pos)
-        pos += HEADER.size
+        kind, flags, call_id, n = unpack(view, pos)
+        pos += size
         if kind not in _KINDS:
             raise ProtocolError(f"unknown frame kind {kind}")
         if n > end - pos:
             raise ProtocolError(f"truncated frame: payload of {n} bytes, {end - pos} left")
-        yield Frame(Kind(kind), call_id, view[pos : pos + n], flags)
+        yield (kind, flags, call_id, view[pos : pos + n])
         pos += n
