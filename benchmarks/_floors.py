@@ -168,8 +168,7 @@ class WsConn:
         parts: list[bytes] = []
 
         async def receive() -> None:
-            for _ in range(count):
-                parts.append(await self._ws.get_message())
+            parts.extend([await self._ws.get_message() for _ in range(count)])
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receive)

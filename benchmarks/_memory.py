@@ -97,9 +97,7 @@ def summarize_peaks(samples: list[dict[str, Any]], payload_size: int) -> dict[st
     out: dict[str, Any] = {"payload_bytes": payload_size, "runs": len(samples)}
     for side in ("driver", "worker"):
         peaks = [s["peak"][side] for s in samples if s["peak"].get(side) is not None]
-        growth = [
-            s["peak"][side] - s["before"][side] for s in samples if s["peak"].get(side) is not None
-        ]
+        growth = [s["peak"][side] - s["before"][side] for s in samples if s["peak"].get(side) is not None]
         out[side] = {
             "peak_bytes": median(peaks) if peaks else None,
             "growth_bytes": median(growth) if growth else None,

@@ -1,8 +1,8 @@
 """The process floors: what starting a process and noticing its death cost on the bare stack.
 
-* ``spawn_pass``: ``sys.executable -c pass``, from spawn to exit.
-* ``connect_back``: ``n`` fresh interpreters at once, each importing trio, trio_websocket and
-  dill (what a worker needs before it can serve) and connecting back over TCP; the time until
+* ``spawn_pass``: ``n`` x ``sys.executable -c pass`` at once, from spawn to the last exit.
+* ``connect_back``: ``n`` fresh interpreters at once, each importing trio and dill (what a
+  worker needs before it can serve) and connecting back over TCP; the time until
   every one of them has said hello. Each reports its RSS then, the floor of an idle worker.
 * ``kill_to_eof``: a child connected over TCP is killed with SIGKILL; the time until the
   parent's trio socket sees end-of-file.
@@ -20,7 +20,7 @@ import trio
 
 _CONNECT_BACK = """\
 import socket, sys
-import trio, trio_websocket, dill
+import trio, dill
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 s.sendall(rss.to_bytes(8, "big"))
@@ -35,11 +35,12 @@ s.recv(1)
 """
 
 
-async def spawn_pass() -> float:
-    """Seconds for ``sys.executable -c pass`` to start and exit."""
+async def spawn_pass(n: int = 1) -> float:
+    """Seconds for ``n`` x ``sys.executable -c pass``, started at once, to start and exit."""
     t0 = time.perf_counter()
-    process = await trio.lowlevel.open_process([sys.executable, "-c", "pass"])
-    await process.wait()
+    processes = [await trio.lowlevel.open_process([sys.executable, "-c", "pass"]) for _ in range(n)]
+    for process in processes:
+        await process.wait()
     return time.perf_counter() - t0
 
 

@@ -66,7 +66,7 @@ class ActorHandle:
     Built by ``Cluster.spawn`` and ``Cluster.actor``; there is no public constructor.
     """
 
-    __slots__ = ("_addr", "_machine", "_methods", "_name")
+    __slots__ = ("_addr", "_bound", "_machine", "_methods", "_name")
 
     def __init__(
         self, addr: str, name: str, methods: Mapping[str, str], machine: Machine | None = None
@@ -75,6 +75,7 @@ class ActorHandle:
         self._name = name
         self._methods = dict(methods)
         self._machine = machine
+        self._bound: dict[str, Any] = {}
 
     @property
     def name(self) -> str:
@@ -107,6 +108,12 @@ class ActorHandle:
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
+        bound = self._bound.get(method)
+        if bound is None:
+            bound = self._bound[method] = self._bind(method)
+        return bound
+
+    def _bind(self, method: str) -> Any:
         kind = self._methods.get(method)
         if kind is None:
             raise AttributeError(

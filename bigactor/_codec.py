@@ -21,23 +21,34 @@ from ._errors import CodecError
 
 PROTOCOL = 5
 
-_ATOMS = (type(None), bool, int, float, str, bytes, complex)
+_ATOMS = frozenset({type(None), bool, int, float, str, bytes, complex})
+_SEQUENCES = frozenset({tuple, list, set, frozenset})
 _PLAIN_LIMIT = 256
 
 
-def _is_plain(value: Any, budget: list[int]) -> bool:
-    """Return whether ``value`` is built-in data only (walks at most ``_PLAIN_LIMIT`` nodes)."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        return False
-    t = type(value)
-    if t in _ATOMS:
-        return True
-    if t is tuple or t is list or t is set or t is frozenset:
-        return all(_is_plain(v, budget) for v in value)
-    if t is dict:
-        return all(_is_plain(k, budget) and _is_plain(v, budget) for k, v in value.items())
-    return False
+def _is_plain(value: Any) -> bool:
+    """Return whether ``value`` is built-in data only (looks at most ``_PLAIN_LIMIT`` nodes).
+
+    Runs for every call and reply, so it is a flat loop, not a recursion of generators.
+    """
+    stack = [value]
+    budget = _PLAIN_LIMIT
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return False
+        v = stack.pop()
+        t = type(v)
+        if t in _ATOMS:
+            continue
+        if t in _SEQUENCES:
+            stack.extend(v)
+        elif t is dict:
+            stack.extend(v)
+            stack.extend(v.values())
+        else:
+            return False
+    return True
 
 
 def dumps(value: Any, what: str = "value") -> bytes:
@@ -45,7 +56,7 @@ def dumps(value: Any, what: str = "value") -> bytes:
 
     ``what`` names the value in the error (``arg 0``, ``service 'counter'``).
     """
-    if _is_plain(value, [_PLAIN_LIMIT]):
+    if _is_plain(value):
         return pickle.dumps(value, PROTOCOL)
     try:
         data: bytes = dill.dumps(value, protocol=PROTOCOL, recurse=True)
@@ -94,7 +105,7 @@ def find_unpicklable(value: Any, path: str, depth: int = 0) -> str:
 def dumps_call(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Serialise a call; an unpicklable argument raises CodecError naming it (``arg 0 -> .x``)."""
     value = (target, args, kwargs)
-    if _is_plain(value, [_PLAIN_LIMIT]):
+    if _is_plain(value):
         return pickle.dumps(value, PROTOCOL)
     try:
         data: bytes = dill.dumps(value, protocol=PROTOCOL, recurse=True)

@@ -90,6 +90,11 @@ class Connection:
         if self.error is not None:
             return
         pieces = _frames.encode(kind, call_id, payload, flags)
+        if not self._outbox and self._ws.try_send(pieces):
+            # Written at once (nothing queued before it, so order holds).
+            if self._ws.backlog:
+                self._wakeup.set()
+            return
         for i in range(0, len(pieces), 2):
             frame = pieces[i : i + 2]
             self._outbox.append((sum(len(p) for p in frame), frame))
@@ -98,6 +103,9 @@ class Connection:
     async def _sender(self) -> None:
         while True:
             if not self._outbox:
+                if self._ws.backlog:
+                    await self._ws.flush()
+                    continue
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue

@@ -1,0 +1,102 @@
+"""Run the benchmark: ``python -m benchmarks [--quick] [--json PATH] [--only NAMES]``.
+
+Prints a table and writes a JSON document (default ``bench-results.json`` in the current
+directory). It is a benchmark, not a test: the exit status says whether it ran, not whether
+the targets were met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._context import Bench, LogCollector, Options
+from ._memory import status
+from ._report import environment, render, write_json
+from ._scaling import scaling
+from ._sections import SECTIONS
+
+ALL = [*SECTIONS, "scaling"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a fast smoke pass (fewer runs and calls)")
+    parser.add_argument(
+        "--json", type=Path, default=Path("bench-results.json"), help="where to write the JSON results"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(ALL),
+        help=f"comma-separated sections to run (default all: {','.join(ALL)})",
+    )
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(ALL))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    return args
+
+
+def progress(text: str) -> None:
+    """A progress line on stderr (the table goes to stdout)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+async def run(options: Options, sections: list[str]) -> dict[str, Any]:
+    """Run the chosen sections in their canonical order; return their results."""
+    results: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        bench = Bench(options, nursery)
+        bench.notes["driver_rss_start"] = status().get("VmRSS")
+        try:
+            for name in ALL:
+                if name not in sections:
+                    continue
+                t0 = time.perf_counter()
+                progress(f"benchmarks: {name} ...")
+                section = scaling if name == "scaling" else SECTIONS[name]
+                results.update(await section(bench))
+                progress(f"benchmarks: {name} done in {time.perf_counter() - t0:.1f} s")
+        finally:
+            await bench.aclose()
+            nursery.cancel_scope.cancel()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table, write the JSON."""
+    args = parse_args(argv)
+    options = Options.quick() if args.quick else Options()
+    collector = LogCollector()
+    logging.getLogger("bigactor").addHandler(collector)
+    env = environment()
+    t0 = time.perf_counter()
+    results = trio.run(run, options, args.sections)
+    doc = {
+        "environment": env,
+        "quick": args.quick,
+        "options": dataclasses.asdict(options),
+        "sections": [s for s in ALL if s in args.sections],
+        "results": results,
+        "log": collector.records,
+        "runtime_s": time.perf_counter() - t0,
+    }
+    doc["environment"]["loadavg_end"] = list(os.getloadavg())
+    print(render(doc), end="")
+    write_json(doc, args.json)
+    progress(f"benchmarks: results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The measured figures a-f and memory. Each section interleaves its floors and bigactor run by
+run, so that drift of the box's speed hits all of them alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _bigactor as ba
+from ._context import Bench
+from ._figures import Figure, make_figure, scaled
+from ._floors import with_mux
+from ._memory import echo_peaks, idle_workers, status, summarize_peaks, watch_peaks
+from ._spawn_floors import connect_back, kill_to_eof, spawn_pass
+from ._stats import median, summarize_latency_runs, summarize_values
+from ._workloads import echo_rate, make_payload, pipelined, sequential
+
+Section = dict[str, Any]
+TCP = ("tcp", "raw trio TCP echo")
+WS = ("ws", "trio-websocket echo")
+
+
+def _us(runs: list[list[float]]) -> dict[str, Any]:
+    return scaled(summarize_latency_runs(runs), 1e6)
+
+
+async def cold_start(bench: Bench) -> Section:
+    """a. ``open_cluster`` + n machines answering a call, beside n bare process spawns."""
+    o = bench.options
+    sizes = o.cold_sizes
+    ready: dict[int, list[float]] = {n: [] for n in sizes}
+    closed: dict[int, list[float]] = {n: [] for n in sizes}
+    passes: dict[int, list[float]] = {n: [] for n in sizes}
+    backs: dict[int, list[float]] = {n: [] for n in sizes}
+    rss: list[int] = []
+    for _ in range(o.runs):
+        for n in sizes:
+            passes[n].append(await spawn_pass(n))
+            seconds, child_rss = await connect_back(n)
+            backs[n].append(seconds)
+            rss.extend(child_rss)
+            r, c = await ba.cold_start(n)
+            ready[n].append(r)
+            closed[n].append(c)
+    bench.notes["import_rss"] = rss
+    return {f"cold_start_{n}": cold_figure(n, ready[n], closed[n], passes[n], backs[n]) for n in sizes}
+
+
+def cold_figure(
+    n: int, ready: list[float], closed: list[float], passes: list[float], backs: list[float]
+) -> Figure:
+    """The cold-start figure for ``n`` machines (shared with the scaling section)."""
+    what = "1 machine" if n == 1 else f"{n} machines"
+    return make_figure(
+        f"cold_start_{n}",
+        f"a. cold start: open_cluster + {what} answering",
+        "s",
+        "lower",
+        summarize_values(ready),
+        [
+            ("spawn_pass", f"{n} x `python -c pass`, spawn to exit", summarize_values(passes)),
+            (
+                "connect_back",
+                f"{n} x fresh interpreter importing trio+dill, connecting back",
+                summarize_values(backs),
+            ),
+        ],
+        {"close_s": summarize_values(closed)},
+    )
+
+
+async def _seq_floor_runs(bench: Bench, n: int, warmup: int) -> dict[str, list[float]]:
+    [tcp] = await bench.tcp(1)
+    [ws] = await bench.ws(1)
+    return {
+        "tcp": await sequential(tcp.roundtrip, n, warmup),
+        "ws": await sequential(ws.roundtrip, n, warmup),
+    }
+
+
+async def sequential_rtt(bench: Bench) -> Section:
+    """b. Sequential round trip of a no-op call with a small int."""
+    o = bench.options
+    [(_, h)] = await bench.echo_actors(1)
+    runs: dict[str, list[list[float]]] = {"tcp": [], "ws": [], "bigactor": []}
+    for _ in range(o.runs):
+        for k, v in (await _seq_floor_runs(bench, o.seq_calls, o.seq_warmup)).items():
+            runs[k].append(v)
+        runs["bigactor"].append(await sequential(lambda i: h.ping(i), o.seq_calls, o.seq_warmup))
+    bench.notes["seq_floors"] = {k: _us(runs[k]) for k in ("tcp", "ws")}
+    figure = make_figure(
+        "sequential",
+        "b. sequential round trip, no-op call with a small int",
+        "µs",
+        "lower",
+        _us(runs["bigactor"]),
+        [(*TCP, bench.notes["seq_floors"]["tcp"]), (*WS, bench.notes["seq_floors"]["ws"])],
+    )
+    return {"sequential": figure}
+
+
+async def pipelined_calls(bench: Bench) -> Section:
+    """c. ``pipe_calls`` concurrent calls to one actor, and spread over several."""
+    o = bench.options
+    n = o.pipe_calls
+    out: Section = {}
+    for k in o.pipe_actors:
+        tcp = await bench.tcp(k)
+        ws = await bench.ws(k)
+        handles = [h for _, h in await bench.echo_actors(k)]
+        calls = [(lambda i, h=h: h.ping(i)) for h in handles]
+        rates: dict[str, list[float]] = {"tcp": [], "ws": [], "bigactor": []}
+        for _ in range(o.runs):
+            rates["tcp"].append(await with_mux(tcp, lambda c: pipelined(c, n)))
+            rates["ws"].append(await with_mux(ws, lambda c: pipelined(c, n)))
+            rates["bigactor"].append(await pipelined(calls, n))
+        where = "one actor" if k == 1 else f"{k} actors on {k} machines"
+        per = "" if k == 1 else f", {k} servers"
+        out[f"pipelined_{k}"] = make_figure(
+            f"pipelined_{k}",
+            f"c. pipelined: {n:,} concurrent calls, {where}",
+            "calls/s",
+            "higher",
+            summarize_values(rates["bigactor"]),
+            [
+                ("tcp", f"raw trio TCP, id-matched{per}", summarize_values(rates["tcp"])),
+                ("ws", f"trio-websocket, id-matched{per}", summarize_values(rates["ws"])),
+            ],
+        )
+    return out
+
+
+async def bulk_echo(bench: Bench) -> Section:
+    """d. Echo of a ``bytes`` argument; MB/s = payload bytes / round-trip time."""
+    o = bench.options
+    [tcp] = await bench.tcp(1)
+    [ws] = await bench.ws(1)
+    [(m, h)] = await bench.echo_actors(1)
+    pid = (await m.info()).pid
+    out: Section = {}
+    for size in o.bulk_sizes:
+        payload = make_payload(size)
+        rates: dict[str, list[float]] = {"tcp": [], "ws": [], "bigactor": []}
+        peaks = []
+        for _ in range(o.runs):
+            rates["tcp"].append((await echo_rate(tcp.echo, payload))[1])
+            rates["ws"].append((await echo_rate(ws.echo, payload))[1])
+            async with watch_peaks({"driver": "self", "worker": pid}) as w:
+                rates["bigactor"].append((await echo_rate(lambda p: h.echo(p), payload))[1])
+            peaks.append({"before": dict(w.before), "peak": dict(w.peak)})
+        if size == max(o.bulk_sizes):
+            bench.notes["echo_peaks"] = summarize_peaks(peaks, size)
+        del payload
+        name = f"{size >> 20}MiB"
+        out[f"echo_{name}"] = make_figure(
+            f"echo_{name}",
+            f"d. echo, {name[:-3]} MiB bytes argument",
+            "MB/s",
+            "higher",
+            summarize_values(rates["bigactor"]),
+            [
+                ("tcp", "raw trio TCP, one frame", summarize_values(rates["tcp"])),
+                ("ws", "trio-websocket, pipelined 1 MiB messages", summarize_values(rates["ws"])),
+            ],
+        )
+    return out
+
+
+async def actor_to_actor(bench: Bench) -> Section:
+    """e. An actor calling another actor on another machine, timed inside the caller."""
+    o = bench.options
+    cluster = await bench.cluster()
+    (_, target), (m1, _) = await bench.echo_actors(2)
+    relay = await cluster.spawn(ba.Relay, machine=m1)
+    runs: list[list[float]] = []
+    floor_runs: dict[str, list[list[float]]] = {"tcp": [], "ws": []}
+    reuse = bench.notes.get("seq_floors")
+    for _ in range(o.runs):
+        if reuse is None:
+            for k, v in (await _seq_floor_runs(bench, o.a2a_calls, o.seq_warmup)).items():
+                floor_runs[k].append(v)
+        runs.append(await relay.time_calls(target, o.a2a_calls, o.seq_warmup))
+    floors = reuse or {k: _us(v) for k, v in floor_runs.items()}
+    figure = make_figure(
+        "actor_to_actor",
+        "e. actor -> actor sequential call (another machine)",
+        "µs",
+        "lower",
+        _us(runs),
+        [(*TCP, floors["tcp"]), (*WS, floors["ws"])],
+    )
+    return {"actor_to_actor": figure}
+
+
+async def kill(bench: Bench) -> Section:
+    """f. SIGKILL of a worker with a call pending -> seconds until the caller's exception."""
+    o = bench.options
+    machines = await ba.start_echo_machines(await bench.cluster(), o.runs)
+    seen: list[float] = []
+    floor: list[float] = []
+    raised: list[str] = []
+    for m in machines:
+        floor.append(await kill_to_eof())
+        seconds, name = await ba.kill_pending(m)
+        seen.append(seconds)
+        raised.append(name)
+    figure = make_figure(
+        "kill",
+        "f. SIGKILL of a worker, call pending -> caller's exception",
+        "ms",
+        "lower",
+        scaled(summarize_values(seen), 1e3),
+        [("eof", "trio socket sees EOF after SIGKILL", scaled(summarize_values(floor), 1e3))],
+        {"raised": raised, "all_machine_lost": all(ba.is_machine_lost(r) for r in raised)},
+    )
+    return {"kill": figure}
+
+
+async def memory(bench: Bench) -> Section:
+    """3. RSS of the driver and of idle workers; peaks on each side during the big echo."""
+    o = bench.options
+    cluster = await bench.cluster()
+    [(m, h)] = await bench.echo_actors(1)
+    idle = await idle_workers(cluster, o.idle_workers)
+    floor = bench.notes.get("import_rss") or (await connect_back(1))[1]
+    peaks = bench.notes.get("echo_peaks")
+    if peaks is None:
+        size = max(o.bulk_sizes)
+        pid = (await m.info()).pid
+        samples = await echo_peaks(lambda p: h.echo(p), make_payload(size), pid, o.runs)
+        peaks = summarize_peaks(samples, size)
+    return {
+        "memory": {
+            "driver_rss_start_bytes": bench.notes.get("driver_rss_start"),
+            "driver_rss_bytes": status().get("VmRSS"),
+            "machines_open": len(cluster.machines()),
+            "idle_worker_rss_bytes": median(idle) if idle else None,
+            "idle_worker_rss_runs": idle,
+            "floor_import_rss_bytes": median(floor) if floor else None,
+            "echo_peaks": peaks,
+        }
+    }
+
+
+SECTIONS = {
+    "cold_start": cold_start,
+    "sequential": sequential_rtt,
+    "pipelined": pipelined_calls,
+    "bulk": bulk_echo,
+    "actor_to_actor": actor_to_actor,
+    "kill": kill,
+    "memory": memory,
+}
