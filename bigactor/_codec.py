@@ -8,18 +8,80 @@ pickle.
 dill's pickler is written in Python and costs ~30 µs even for a tiny tuple, so values made only of
 plain built-in data (None, bool, int, float, str, bytes and tuples/lists/dicts/sets of them) take
 the C pickler: for those, both give the same value back.
+
+Large buffers travel out of band (pickle protocol 5): a ``bytes``, ``bytearray`` or contiguous
+``memoryview`` of at least ``OOB_MIN`` bytes, as a value, an argument, or an element of a
+top-level list, tuple or dict, is not copied into the pickle but sent as it is after it::
+
+    OOB payload = count: u32 | length: u64 x count | pickle | buffer 0 | buffer 1 | ...
+
+The receiver reads such a message into one buffer and hands the pickle slices of it: a
+``memoryview`` arrives as a view of the received bytes (no copy); ``bytes`` and ``bytearray``
+are rebuilt from it with one copy, so the value comes back with its own type.
 """
 
 from __future__ import annotations
 
 import pickle
-from typing import Any
+import struct
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import dill
 
 from ._errors import CodecError
 
 PROTOCOL = 5
+OOB = 4  # frame flag: the payload carries out-of-band buffers
+OOB_MIN = 64 * 1024
+
+Piece = bytes | bytearray | memoryview
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class Payload(NamedTuple):
+    """An encoded value: the pieces to send back to back, and the frame flags they need."""
+
+    pieces: list[Piece]
+    flags: int
+
+
+class _Buffer:
+    """A large buffer to pickle out of band; unpickles as its original type."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (type(self.data), (pickle.PickleBuffer(self.data),))
+
+
+def _is_big(v: Any) -> bool:
+    t = type(v)
+    if t is bytes or t is bytearray:
+        return len(v) >= OOB_MIN
+    return t is memoryview and v.nbytes >= OOB_MIN and v.contiguous
+
+
+def _lift(value: Any, depth: int = 2) -> tuple[Any, bool]:
+    """Wrap the large buffers of ``value`` (itself or in top-level containers) for out of band."""
+    if _is_big(value):
+        return _Buffer(value), True
+    if depth:
+        t = type(value)
+        if (t is tuple or t is list) and len(value) <= _PLAIN_LIMIT:
+            items = [_lift(v, depth - 1) for v in value]
+            if any(found for _, found in items):
+                return t(v for v, _ in items), True
+        elif t is dict and len(value) <= _PLAIN_LIMIT:
+            pairs = {k: _lift(v, depth - 1) for k, v in value.items()}
+            if any(found for _, found in pairs.values()):
+                return {k: v for k, (v, _) in pairs.items()}, True
+    return value, False
+
 
 _ATOMS = frozenset({type(None), bool, int, float, str, bytes, complex})
 _SEQUENCES = frozenset({tuple, list, set, frozenset})
@@ -102,13 +164,52 @@ def find_unpicklable(value: Any, path: str, depth: int = 0) -> str:
     return f"{path} -> {type(value).__name__}"
 
 
-def dumps_call(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Serialise a call; an unpicklable argument raises CodecError naming it (``arg 0 -> .x``)."""
-    value = (target, args, kwargs)
-    if _is_plain(value):
-        return pickle.dumps(value, PROTOCOL)
+def _pickle(value: Any, plain: bool) -> Payload:
+    buffers: list[pickle.PickleBuffer] = []
+    value, _ = _lift(value)
+    if plain:
+        body = pickle.dumps(value, PROTOCOL, buffer_callback=buffers.append)
+    else:
+        body = dill.dumps(value, protocol=PROTOCOL, recurse=True, buffer_callback=buffers.append)
+    if not buffers:
+        return Payload([body], 0)
+    views = [b.raw() for b in buffers]
+    head = _U32.pack(len(views)) + b"".join(_U64.pack(v.nbytes) for v in views)
+    return Payload([head, body, *views], OOB)
+
+
+def encode(value: Any, what: str = "value") -> Payload:
+    """Encode a value for a frame (large buffers out of band); CodecError names the culprit."""
     try:
-        data: bytes = dill.dumps(value, protocol=PROTOCOL, recurse=True)
+        return _pickle(value, _is_plain(value))
+    except Exception as exc:
+        path = find_unpicklable(value, what)
+        raise CodecError(f"cannot serialise {what}: {type(exc).__name__}: {exc}", path) from exc
+
+
+def decode(data: memoryview, flags: int) -> Any:
+    """Decode a frame payload made by :func:`encode`. Only ever on authenticated bytes."""
+    if not flags & OOB:
+        return pickle.loads(data)
+    (n,) = _U32.unpack_from(data, 0)
+    pos = _U32.size + _U64.size * n
+    lengths = [_U64.unpack_from(data, _U32.size + _U64.size * i)[0] for i in range(n)]
+    end = len(data) - sum(lengths)
+    if end < pos:
+        raise ValueError("out-of-band buffers longer than their payload")
+    buffers: list[Sequence[int]] = []
+    at = end
+    for length in lengths:
+        buffers.append(data[at : at + length])
+        at += length
+    return pickle.loads(data[pos:end], buffers=buffers)
+
+
+def encode_call(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
+    """Encode a call; an unpicklable argument raises CodecError naming it (``arg 0 -> .x``)."""
+    value = (target, args, kwargs)
+    try:
+        return _pickle(value, _is_plain(value))
     except Exception as exc:
         parts = [(f"arg {i}", a) for i, a in enumerate(args)]
         parts += [(f"kwarg {k!r}", v) for k, v in kwargs.items()]
@@ -116,4 +217,3 @@ def dumps_call(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> by
         raise CodecError(
             f"cannot serialise the arguments of {target}: {type(exc).__name__}: {exc}", path
         ) from exc
-    return data

@@ -383,17 +383,17 @@ class Machine:
             await self.wait(State.RUNNING)
 
     async def _raw_call(self, target: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._invoke(_codec.dumps_call(target, args, kwargs), target, booting=True)
+        return await self._invoke(_codec.encode_call(target, args, kwargs), target, booting=True)
 
-    async def _invoke(self, payload: bytes, target: str, booting: bool = False) -> Any:
+    async def _invoke(self, payload: _codec.Payload, target: str, booting: bool = False) -> Any:
         try:
             conn = await self._connection(booting)
-            kind, data = await conn.call(payload)
+            kind, flags, data = await conn.call(payload)
         except TransportError as exc:
             raise await self._classify(exc) from None
         if kind == Kind.REPLY:
             try:
-                return _codec.loads(data)
+                return _codec.decode(data, flags)
             except Exception as exc:
                 raise CodecError(
                     f"cannot decode the reply of {target} from {self.addr}: {type(exc).__name__}: {exc}"
@@ -422,7 +422,7 @@ class Machine:
         CodecError if an argument cannot be serialised (before anything is sent).
         Cancelling the caller cancels the remote method and raises ``trio.Cancelled``.
         """
-        return await self._invoke(_codec.dumps_call(method, args, kwargs), method)
+        return await self._invoke(_codec.encode_call(method, args, kwargs), method)
 
     async def retry_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Like :meth:`call`, but re-send after retriable errors (backoff 1 s, x1.5, ≤5 s).
@@ -450,7 +450,7 @@ class Machine:
         Items arrive with back-pressure. Use ``async with`` (or exhaust the stream) so that a
         stream you stop early is cancelled on the machine at once.
         """
-        return RemoteStream(self, method, _codec.dumps_call(method, args, kwargs))
+        return RemoteStream(self, method, _codec.encode_call(method, args, kwargs))
 
     async def info(self) -> Info:
         """Versions, platform, code digest, pid, hostname and start time of the worker."""
@@ -476,7 +476,7 @@ class Machine:
 class RemoteStream:
     """The items of a remote generator method; an async iterator and async context manager."""
 
-    def __init__(self, machine: Machine, method: str, payload: bytes) -> None:
+    def __init__(self, machine: Machine, method: str, payload: _codec.Payload) -> None:
         self._machine = machine
         self._method = method
         self._payload = payload
@@ -498,9 +498,9 @@ class RemoteStream:
                 self._finished = True
                 raise await self._machine._classify(exc) from None
         assert self._id is not None
-        kind, data = await self._conn.next_item(self._id)
+        kind, flags, data = await self._conn.next_item(self._id)
         if kind == Kind.STREAM_DATA:
-            return _codec.loads(data)
+            return _codec.decode(data, flags)
         self._close()
         if kind == Kind.STREAM_END:
             raise StopAsyncIteration

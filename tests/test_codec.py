@@ -7,7 +7,7 @@ import dill
 import pytest
 
 from bigactor import CodecError
-from bigactor._codec import dumps, dumps_call, loads
+from bigactor._codec import dumps, encode_call, loads
 
 PLAIN = [None, True, 1, 2.5, "s", b"b", (1, "a"), [1, [2, {"k": (3,)}]], {1, 2}, frozenset({3}), 1j]
 
@@ -40,10 +40,10 @@ def test_unpicklable_argument_names_its_path() -> None:
     h = Holder()
     try:
         with pytest.raises(CodecError) as info:
-            dumps_call("svc.m", (1, h), {})
+            encode_call("svc.m", (1, h), {})
         assert info.value.path == "arg 1 -> .conn -> socket"
         with pytest.raises(CodecError) as info:
-            dumps_call("svc.m", (), {"gen": [(i for i in range(3))]})
+            encode_call("svc.m", (), {"gen": [(i for i in range(3))]})
         assert info.value.path == "kwarg 'gen' -> [0] -> generator"
     finally:
         h.conn.close()
@@ -62,3 +62,49 @@ def test_loads_reads_dill_output() -> None:
     f = dill.dumps(lambda x: x + 1, protocol=5)
     assert pickle.loads(f)(1) == 2
     assert loads(f)(2) == 3
+
+
+def _round_trip(value: object) -> object:
+    from bigactor._codec import decode, encode
+
+    payload = encode(value)
+    data = memoryview(b"".join(bytes(p) for p in payload.pieces))
+    return decode(data, payload.flags)
+
+
+BIG = bytes(range(256)) * 1024  # 256 KiB: above OOB_MIN
+
+
+def test_large_buffers_go_out_of_band_and_keep_their_types() -> None:
+    """Big bytes/bytearray/memoryview travel out of band and come back as their own types."""
+    from bigactor._codec import OOB, encode
+
+    payload = encode(("echo.echo", (BIG,), {}))
+    assert payload.flags & OOB
+    assert any(p is not None and len(p) == len(BIG) and not isinstance(p, bytes) for p in payload.pieces)
+    for value in [BIG, bytearray(BIG), [1, BIG], {"k": bytearray(BIG)}, ("t", (BIG, 2), {})]:
+        back = _round_trip(value)
+        assert back == value
+        assert type(back) is type(value)
+    view = _round_trip(memoryview(BIG))
+    assert isinstance(view, memoryview)
+    assert view == memoryview(BIG)
+
+
+def test_out_of_band_buffers_work_inside_values_that_need_dill() -> None:
+    """A by-value object beside a big buffer still round-trips."""
+
+    class Local:
+        def __init__(self) -> None:
+            self.x = 1
+
+    back = _round_trip([Local(), BIG])
+    assert back[0].x == 1
+    assert back[1] == BIG
+
+
+def test_small_buffers_stay_in_band() -> None:
+    """Below OOB_MIN, buffers are pickled in band (no out-of-band flag)."""
+    from bigactor._codec import encode
+
+    assert encode(b"x" * 100).flags == 0

@@ -3,11 +3,12 @@
 import pytest
 
 from bigactor import ProtocolError
-from bigactor._rpc._frames import CHUNK, HEADER, MORE, Kind, decode, encode
+from bigactor._rpc import _frames
+from bigactor._rpc._frames import HEADER, MORE, Kind, decode, encode
 
 
-def _message(pieces: list[bytes | memoryview]) -> bytes:
-    return b"".join(bytes(p) for p in pieces)
+def _message(frames: list[list[bytes | bytearray | memoryview]]) -> bytes:
+    return b"".join(bytes(p) for frame in frames for p in frame)
 
 
 def test_round_trip_of_several_frames_in_one_message() -> None:
@@ -21,11 +22,11 @@ def test_round_trip_of_several_frames_in_one_message() -> None:
     ]
 
 
-def test_large_payload_is_chunked() -> None:
+def test_large_payload_is_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
     """A payload above CHUNK splits into frames flagged MORE except the last."""
-    payload = bytes(range(256)) * (CHUNK // 256 * 2 + 1)
-    pieces = encode(Kind.REPLY, 9, payload)
-    frames = [next(decode(_message(pieces[i : i + 2]))) for i in range(0, len(pieces), 2)]
+    monkeypatch.setattr(_frames, "CHUNK", 1024)
+    payload = bytes(range(256)) * (1024 // 256 * 2 + 1)
+    frames = [next(decode(_message([f]))) for f in encode(Kind.REPLY, 9, [payload[:5], payload[5:]])]
     assert [bool(flags & MORE) for _, flags, _, _ in frames] == [True, True, False]
     assert b"".join(bytes(p) for *_, p in frames) == payload
 

@@ -338,10 +338,10 @@ async def test_stream_abandoned_as_it_is_opened_stops_on_the_machine() -> None:
         # one message (a caller abandoning a stream races the same way, less reliably).
         async with trio.open_nursery() as nursery:
             conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
-            call_id = conn.open_stream(_codec.dumps_call(f"{sleeper.name}.ticks", (), {}))
+            call_id = conn.open_stream(_codec.encode_call(f"{sleeper.name}.ticks", (), {}))
             conn.close_stream(call_id)
             # The reply to a later call on the same connection means the worker read both frames.
-            kind, data = await conn.call(_codec.dumps_call(f"{sleeper.name}.ping", (), {}))
+            kind, _, data = await conn.call(_codec.encode_call(f"{sleeper.name}.ping", (), {}))
             assert (kind, _codec.loads(data)) == (Kind.REPLY, "pong")
             with trio.fail_after(5):
                 await sleeper.wait_idle()

@@ -139,10 +139,10 @@ async def test_bad_calls_get_clear_errors_and_the_connection_serves_on() -> None
             assert await m.wait(State.RUNNING) == State.RUNNING
         async with trio.open_nursery() as nursery:
             conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
-            kind, data = await conn.call(b"\x80\x05this is not a pickle")
+            kind, _, data = await conn.call(_codec.Payload([b"\x80\x05this is not a pickle"], 0))
             assert kind == Kind.ERROR
             assert isinstance(_rpc.decode_error(data, m.addr), bigactor.CodecError)
-            kind, data = await conn.call(_codec.dumps_call("echo.echo", (5,), {}))
+            kind, _, data = await conn.call(_codec.encode_call("echo.echo", (5,), {}))
             assert kind == Kind.REPLY
             assert _codec.loads(data) == 5
             assert not conn.broken
@@ -195,7 +195,7 @@ async def test_unauthenticated_peer_gets_nothing_deserialised(tmp_path: Path) ->
     assert control.exists()  # the payload is live: unpickling it creates the file
     target = tmp_path / "pwned"
     evil = pickle.dumps(_CreatesFile(target))
-    evil_call = b"".join(_frames.encode(Kind.CALL, 1, evil))
+    evil_call = b"".join(p for frame in _frames.encode(Kind.CALL, 1, evil) for p in frame)
 
     async with bigactor.open_cluster() as cluster:
         [m] = await cluster.start(1, Services(echo=Echo()))

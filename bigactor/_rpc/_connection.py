@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import outcome
 import trio
 
+from .._codec import Payload
 from .._errors import ProtocolError, TransportError
 from . import _frames
 from ._frames import Kind
@@ -50,7 +51,7 @@ class _Stream:
     __slots__ = ("consumed", "done", "items", "task")
 
     def __init__(self) -> None:
-        self.items: deque[tuple[int, Any]] = deque()
+        self.items: deque[tuple[int, int, Any]] = deque()
         self.task: trio.lowlevel.Task | None = None
         self.done = False
         self.consumed = 0
@@ -70,7 +71,7 @@ class Connection:
         self._ws = ws
         self._dispatcher = dispatcher
         self._on_close = on_close
-        self._outbox: deque[tuple[int, list[bytes | memoryview]]] = deque()
+        self._outbox: deque[tuple[int, list[_frames.Piece]]] = deque()
         self._wakeup = trio.Event()
         self._pending: dict[int, trio.lowlevel.Task] = {}
         self._streams: dict[int, _Stream] = {}
@@ -85,18 +86,19 @@ class Connection:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def send(self, kind: Kind, call_id: int, payload: bytes | memoryview = b"", flags: int = 0) -> None:
+    def send(
+        self, kind: Kind, call_id: int, payload: _frames.Piece | Sequence[_frames.Piece] = b"", flags: int = 0
+    ) -> None:
         """Queue one frame (chunked if large); never blocks."""
         if self.error is not None:
             return
-        pieces = _frames.encode(kind, call_id, payload, flags)
-        if not self._outbox and self._ws.try_send(pieces):
+        frames = _frames.encode(kind, call_id, payload, flags)
+        if not self._outbox and len(frames) == 1 and self._ws.try_send(frames[0]):
             # Written at once (nothing queued before it, so order holds).
             if self._ws.backlog:
                 self._wakeup.set()
             return
-        for i in range(0, len(pieces), 2):
-            frame = pieces[i : i + 2]
+        for frame in frames:
             self._outbox.append((sum(len(p) for p in frame), frame))
         self._wakeup.set()
 
@@ -138,11 +140,11 @@ class Connection:
         if kind == Kind.REPLY or kind == Kind.ERROR:
             task = self._pending.pop(call_id, None)
             if task is not None:
-                trio.lowlevel.reschedule(task, outcome.Value((kind, payload)))
+                trio.lowlevel.reschedule(task, outcome.Value((kind, flags, payload)))
             elif call_id in self._streams:
-                self._stream_item(call_id, kind, payload)
+                self._stream_item(call_id, kind, flags, payload)
         elif kind == Kind.STREAM_DATA or kind == Kind.STREAM_END:
-            self._stream_item(call_id, kind, payload)
+            self._stream_item(call_id, kind, flags, payload)
         elif self._dispatcher is None:
             raise ProtocolError(f"unexpected {Kind(kind).name} frame on a calling connection")
         elif kind == Kind.CALL:
@@ -154,11 +156,11 @@ class Connection:
                 raise ProtocolError("malformed CREDIT frame")
             self._dispatcher.credit_received(call_id, int.from_bytes(payload, "little"))
 
-    def _stream_item(self, call_id: int, kind: int, payload: memoryview) -> None:
+    def _stream_item(self, call_id: int, kind: int, flags: int, payload: memoryview) -> None:
         stream = self._streams.get(call_id)
         if stream is None:
             return  # the caller gave up on this stream; late data is dropped
-        stream.items.append((kind, payload))
+        stream.items.append((kind, flags, payload))
         if kind != Kind.STREAM_DATA:
             stream.done = True
         if stream.task is not None:
@@ -204,7 +206,7 @@ class Connection:
         for task in pending.values():
             trio.lowlevel.reschedule(task, outcome.Error(error))
         for stream in self._streams.values():
-            stream.items.append((Kind.ERROR, error))
+            stream.items.append((Kind.ERROR, 0, error))
             stream.done = True
             if stream.task is not None:
                 trio.lowlevel.reschedule(stream.task)
@@ -228,7 +230,7 @@ class Connection:
 
     # -- calls (caller side) ------------------------------------------------------------------
 
-    async def call(self, payload: bytes) -> tuple[int, memoryview]:
+    async def call(self, payload: Payload) -> tuple[int, int, memoryview]:
         """Send a CALL and wait for its REPLY or ERROR frame.
 
         Cancelling the caller sends CANCEL to the machine and re-raises ``trio.Cancelled``.
@@ -239,27 +241,27 @@ class Connection:
         self._next_id += 1
         task = trio.lowlevel.current_task()
         self._pending[call_id] = task
-        self.send(Kind.CALL, call_id, payload)
+        self.send(Kind.CALL, call_id, payload.pieces, payload.flags)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             if self._pending.pop(call_id, None) is not None:
                 self.send(Kind.CANCEL, call_id)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        result: tuple[int, memoryview] = await trio.lowlevel.wait_task_rescheduled(abort)
+        result: tuple[int, int, memoryview] = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
 
-    def open_stream(self, payload: bytes) -> int:
+    def open_stream(self, payload: Payload) -> int:
         """Send a streaming CALL; read it with :meth:`next_item`; end with :meth:`close_stream`."""
         if self.error is not None:
             raise self.error
         call_id = self._next_id
         self._next_id += 1
         self._streams[call_id] = _Stream()
-        self.send(Kind.CALL, call_id, payload, _frames.STREAM)
+        self.send(Kind.CALL, call_id, payload.pieces, payload.flags | _frames.STREAM)
         return call_id
 
-    async def next_item(self, call_id: int) -> tuple[int, Any]:
+    async def next_item(self, call_id: int) -> tuple[int, int, Any]:
         """Wait for the next frame of a stream: STREAM_DATA, STREAM_END or ERROR."""
         stream = self._streams[call_id]
         if not stream.items:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from .._errors import ProtocolError
 
@@ -34,6 +34,9 @@ class Kind(enum.IntEnum):
 
 MORE = 1  # flag: payload continues in the next frame of this id
 STREAM = 2  # flag on CALL: the caller iterates the reply as a stream
+OOB = 4  # flag: the payload carries out-of-band buffers (see _codec)
+
+Piece = bytes | bytearray | memoryview
 
 _KINDS = frozenset(int(k) for k in Kind)
 
@@ -44,21 +47,23 @@ Frame = tuple[int, int, int, memoryview]
 
 
 def encode(
-    kind: Kind, call_id: int, payload: bytes | memoryview = b"", flags: int = 0
-) -> list[bytes | memoryview]:
-    """Return the wire pieces of one logical frame, chunked when the payload is large."""
-    n = len(payload)
+    kind: Kind, call_id: int, payload: Piece | Sequence[Piece] = b"", flags: int = 0
+) -> list[list[Piece]]:
+    """Return the frames of one logical frame, each a list of wire pieces (header first).
+
+    ``payload`` is bytes or a list of pieces sent back to back (a pickle and its out-of-band
+    buffers); pieces are never copied unless the payload must be chunked.
+    """
+    pieces: Sequence[Piece] = (payload,) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+    n = sum(len(p) for p in pieces)
     if n <= CHUNK:
-        return (
-            [HEADER.pack(kind, flags, call_id, n), payload] if n else [HEADER.pack(kind, flags, call_id, 0)]
-        )
-    view = memoryview(payload)
-    out: list[bytes | memoryview] = []
+        return [[HEADER.pack(kind, flags, call_id, n), *pieces]]
+    view = memoryview(b"".join(pieces))
+    out: list[list[Piece]] = []
     for start in range(0, n, CHUNK):
         piece = view[start : start + CHUNK]
         more = MORE if start + CHUNK < n else 0
-        out.append(HEADER.pack(kind, flags | more, call_id, len(piece)))
-        out.append(piece)
+        out.append([HEADER.pack(kind, flags | more, call_id, len(piece)), piece])
     return out
 
 

@@ -184,7 +184,7 @@ class CallDispatcher:
     def call_received(self, conn: Connection, call_id: int, payload: memoryview, flags: int) -> None:
         try:
             try:
-                target, args, kwargs = _codec.loads(payload)
+                target, args, kwargs = _codec.decode(payload, flags)
             except Exception as exc:
                 raise CodecError(
                     f"machine {self._table.addr} could not decode a call: {type(exc).__name__}: {exc}"
@@ -225,7 +225,8 @@ class CallDispatcher:
     def _reply(self, conn: Connection, call_id: int, ok: bool, value: Any) -> None:
         if ok:
             try:
-                conn.send(Kind.REPLY, call_id, _codec.dumps(value, "the reply"))
+                reply = _codec.encode(value, "the reply")
+                conn.send(Kind.REPLY, call_id, reply.pieces, reply.flags)
                 return
             except CodecError as exc:
                 value = exc
@@ -289,7 +290,8 @@ class CallDispatcher:
             await credit.event.wait()
             credit.event = trio.Event()
         credit.n -= 1
-        conn.send(Kind.STREAM_DATA, call_id, _codec.dumps(item, "a streamed item"))
+        data = _codec.encode(item, "a streamed item")
+        conn.send(Kind.STREAM_DATA, call_id, data.pieces, data.flags)
 
     def cancel_received(self, call_id: int) -> None:
         scope = self._scopes.get(call_id)
