@@ -275,6 +275,9 @@ async def test_driver_killed_with_sigkill_leaves_no_worker(tmp_path: Path) -> No
         pids = [int(p) for p in rest]
         assert len(pids) == 2
         assert not any(gone(pid) for pid in pids)
+        # Workers are forked by the fork server: it must not outlive the driver either.
+        parents = {psutil.Process(pid).ppid() for pid in pids} - {proc.pid}
+        pids += sorted(parents)
         proc.kill()
         await proc.wait()
         assert proc.returncode == -signal.SIGKILL
@@ -429,3 +432,28 @@ async def test_worker_that_cannot_boot_fails_naming_its_output(tmp_path: Path) -
         assert "no bigactor here" in str(m.error)
         with pytest.raises(MachineLost):
             await m.call("echo.echo", 1)
+
+
+async def test_workers_fork_from_a_template_unless_told_otherwise() -> None:
+    """Workers fork from the fork server; forkserver=False or a PYTHON* Environ starts them fresh."""
+    async with bigactor.open_cluster() as cluster:
+        [forked] = await cluster.start(1, Services(echo=Echo()))
+        [fresh] = await cluster.start(1, Services(echo=Echo()), bigactor.Environ({"PYTHONFAULTHANDLER": "1"}))
+        forked_parent = psutil.Process((await forked.info()).pid).ppid()
+        fresh_parent = psutil.Process((await fresh.info()).pid).ppid()
+        assert fresh_parent == os.getpid()
+        assert forked_parent != os.getpid()
+        assert "bigactor.supervisor._forkserver" in " ".join(psutil.Process(forked_parent).cmdline())
+    async with bigactor.open_cluster(forkserver=False) as cluster:
+        [m] = await cluster.start(1, Services(echo=Echo()))
+        assert psutil.Process((await m.info()).pid).ppid() == os.getpid()
+        assert await m.call("echo.echo", 3) == 3
+
+
+async def test_forked_worker_sees_its_environ_and_cwd() -> None:
+    """A forked worker gets the Environ asked for and the driver's working directory."""
+    async with bigactor.open_cluster() as cluster:
+        [m] = await cluster.start(1, Services(probe=Probe()), bigactor.Environ({"BIGACTOR_FORKED": "yes"}))
+        env = await m.call("probe.environ", "BIGACTOR_FORKED")
+        assert env["BIGACTOR_FORKED"] == "yes"
+        assert await m.call("probe.cwd") == os.getcwd()

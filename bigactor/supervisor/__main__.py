@@ -67,12 +67,9 @@ async def _serve(config: dict[str, Any], listen_fd: int, lifeline_fd: int) -> No
         await worker.serve(listener)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bigactor.supervisor")
-    parser.add_argument("--listen-fd", type=int, required=True)
-    parser.add_argument("--lifeline-fd", type=int, required=True)
-    args = parser.parse_args()
-    config = _read_config(args.lifeline_fd)
+def run_worker(listen_fd: int, lifeline_fd: int) -> None:
+    """Read the configuration from the lifeline and serve until the worker exits."""
+    config = _read_config(lifeline_fd)
     sys.path[:] = config["sys_path"]
     sys.argv[:] = config["argv"] or [""]
     logging.basicConfig(
@@ -80,7 +77,15 @@ def main() -> None:
     )
     import trio
 
-    trio.run(_serve, config, args.listen_fd, args.lifeline_fd)
+    trio.run(_serve, config, listen_fd, lifeline_fd)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bigactor.supervisor")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--lifeline-fd", type=int, required=True)
+    args = parser.parse_args()
+    run_worker(args.listen_fd, args.lifeline_fd)
 
 
 if __name__ == "__main__":
