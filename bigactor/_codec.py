@@ -83,34 +83,46 @@ def _lift(value: Any, depth: int = 2) -> tuple[Any, bool]:
     return value, False
 
 
-_ATOMS = frozenset({type(None), bool, int, float, str, bytes, complex})
+_ATOMS = frozenset({type(None), bool, int, float, str, bytes, bytearray, complex})
 _SEQUENCES = frozenset({tuple, list, set, frozenset})
 _PLAIN_LIMIT = 256
 
 
-def _is_plain(value: Any) -> bool:
-    """Return whether ``value`` is built-in data only (looks at most ``_PLAIN_LIMIT`` nodes).
+SMALL, BIG, OTHER = 0, 1, 2  # what _scan finds
 
-    Runs for every call and reply, so it is a flat loop, not a recursion of generators.
+
+def _scan(value: Any) -> int:
+    """Classify ``value``: SMALL (plain built-in data), BIG (plain, with buffers to send out of
+    band) or OTHER (needs dill). Looks at most ``_PLAIN_LIMIT`` nodes.
+
+    Runs for every call and reply, so it is one flat loop, not a recursion of generators.
     """
     stack = [value]
     budget = _PLAIN_LIMIT
+    found = SMALL
     while stack:
         budget -= 1
         if budget < 0:
-            return False
+            return OTHER
         v = stack.pop()
         t = type(v)
         if t in _ATOMS:
-            continue
-        if t in _SEQUENCES:
+            if (t is bytes or t is bytearray) and len(v) >= OOB_MIN:
+                found = BIG
+        elif t in _SEQUENCES:
             stack.extend(v)
         elif t is dict:
             stack.extend(v)
             stack.extend(v.values())
+        elif t is memoryview and v.nbytes >= OOB_MIN and v.contiguous:
+            found = BIG
         else:
-            return False
-    return True
+            return OTHER
+    return found
+
+
+def _is_plain(value: Any) -> bool:
+    return _scan(value) != OTHER
 
 
 def dumps(value: Any, what: str = "value") -> bytes:
@@ -164,10 +176,12 @@ def find_unpicklable(value: Any, path: str, depth: int = 0) -> str:
     return f"{path} -> {type(value).__name__}"
 
 
-def _pickle(value: Any, plain: bool) -> Payload:
+def _pickle(value: Any, kind: int) -> Payload:
+    if kind == SMALL:
+        return Payload([pickle.dumps(value, PROTOCOL)], 0)
     buffers: list[pickle.PickleBuffer] = []
     value, _ = _lift(value)
-    if plain:
+    if kind == BIG:
         body = pickle.dumps(value, PROTOCOL, buffer_callback=buffers.append)
     else:
         body = dill.dumps(value, protocol=PROTOCOL, recurse=True, buffer_callback=buffers.append)
@@ -181,7 +195,7 @@ def _pickle(value: Any, plain: bool) -> Payload:
 def encode(value: Any, what: str = "value") -> Payload:
     """Encode a value for a frame (large buffers out of band); CodecError names the culprit."""
     try:
-        return _pickle(value, _is_plain(value))
+        return _pickle(value, _scan(value))
     except Exception as exc:
         path = find_unpicklable(value, what)
         raise CodecError(f"cannot serialise {what}: {type(exc).__name__}: {exc}", path) from exc
@@ -209,7 +223,7 @@ def encode_call(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> P
     """Encode a call; an unpicklable argument raises CodecError naming it (``arg 0 -> .x``)."""
     value = (target, args, kwargs)
     try:
-        return _pickle(value, _is_plain(value))
+        return _pickle(value, _scan(value))
     except Exception as exc:
         parts = [(f"arg {i}", a) for i, a in enumerate(args)]
         parts += [(f"kwarg {k!r}", v) for k, v in kwargs.items()]

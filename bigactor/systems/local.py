@@ -299,10 +299,9 @@ class LocalSystem(System):
             "log_level": self.log_level,
         }
         self._instances.append(inst)
-        try:
+        # A worker that died at once cannot read it; its exit, when seen, says how.
+        with contextlib.suppress(trio.BrokenResourceError):
             await inst._lifeline.send_all(json.dumps(config).encode() + b"\n")
-        except trio.BrokenResourceError:
-            pass  # the worker died at once; its exit, when seen, says how
         return inst
 
     async def aclose(self) -> None:
