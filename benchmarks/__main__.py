@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,20 @@ def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def run(options: Options, sections: list[str]) -> dict[str, Any]:
-    """Run the chosen sections in their canonical order; return their results."""
-    results: dict[str, Any] = {}
+def describe(exc: BaseException) -> str:
+    """One line per leaf exception (exception groups flattened), for the report."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:400]
+
+
+async def run(options: Options, sections: list[str], results: dict[str, Any], errors: dict[str, str]) -> None:
+    """Run the chosen sections in their canonical order, filling ``results``.
+
+    A section that fails is recorded in ``errors`` (and its traceback printed) and the run goes
+    on with the next one.
+    """
     async with trio.open_nursery() as nursery:
         bench = Bench(options, nursery)
         bench.notes["driver_rss_start"] = status().get("VmRSS")
@@ -65,29 +77,44 @@ async def run(options: Options, sections: list[str]) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 progress(f"benchmarks: {name} ...")
                 section = scaling if name == "scaling" else SECTIONS[name]
-                results.update(await section(bench))
-                progress(f"benchmarks: {name} done in {time.perf_counter() - t0:.1f} s")
+                try:
+                    results.update(await section(bench))
+                except Exception as exc:
+                    errors[name] = describe(exc)
+                    traceback.print_exc()
+                    progress(f"benchmarks: {name} FAILED: {errors[name]}")
+                else:
+                    progress(f"benchmarks: {name} done in {time.perf_counter() - t0:.1f} s")
         finally:
-            await bench.aclose()
+            try:
+                await bench.aclose()
+            except Exception as exc:
+                errors["cleanup"] = describe(exc)
             nursery.cancel_scope.cancel()
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run, print the table, write the JSON."""
+    """Run, print the table, write the JSON; exit status 1 if a section failed to run."""
     args = parse_args(argv)
     options = Options.quick() if args.quick else Options()
     collector = LogCollector()
     logging.getLogger("bigactor").addHandler(collector)
     env = environment()
     t0 = time.perf_counter()
-    results = trio.run(run, options, args.sections)
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    try:
+        trio.run(run, options, args.sections, results, errors)
+    except Exception as exc:
+        traceback.print_exc()
+        errors["run"] = describe(exc)
     doc = {
         "environment": env,
         "quick": args.quick,
         "options": dataclasses.asdict(options),
         "sections": [s for s in ALL if s in args.sections],
         "results": results,
+        "errors": errors,
         "log": collector.records,
         "runtime_s": time.perf_counter() - t0,
     }
@@ -95,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(doc), end="")
     write_json(doc, args.json)
     progress(f"benchmarks: results written to {args.json}")
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import trio
 import bigactor
 
 from ._bigactor import Echo, start_echo_machines
-from ._floors import WS_MAX_MESSAGE, WS_RECEIVE_BUFFER, FloorServer, TcpConn, WsConn
+from ._floor_server import WS_MAX_MESSAGE, WS_RECEIVE_BUFFER
+from ._floors import FloorServer, TcpConn, WsConn
 
 SERVER_LIFETIME = 600.0  # floor servers exit by themselves after this many seconds
 MiB = 1 << 20
@@ -152,7 +153,11 @@ class Bench:
             servers.clear()
 
     async def aclose(self) -> None:
-        """Stop everything this run started."""
+        """Stop everything this run started.
+
+        The cluster is closed outside any new cancel scope (it was entered outside one, and
+        ``open_cluster`` shields its own shutdown); the floors are closed shielded.
+        """
+        await self.close_cluster()
         with trio.CancelScope(shield=True):
-            await self.close_cluster()
             await self.close_floors()

@@ -31,7 +31,7 @@ def _git(*args: str) -> str:
 
 def environment() -> dict[str, Any]:
     """The machine, interpreter, library versions and commit this run measured."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = importlib.metadata.version(pkg)
@@ -133,7 +133,7 @@ def memory_table(mem: dict[str, Any]) -> str:
             "",
         ],
         [
-            f"driver RSS with {mem['machines_open']} machines open, after the workloads",
+            f"driver RSS with a cluster of {mem['machines_open']} machine open, before any payload",
             fmt(mem.get("driver_rss_bytes"), "MB"),
             "",
             "",
@@ -155,19 +155,31 @@ def memory_table(mem: dict[str, Any]) -> str:
     peaks = mem.get("echo_peaks") or {}
     size = peaks.get("payload_bytes")
     for side in ("driver", "worker"):
-        p = peaks.get(side) or {}
-        if not size or p.get("peak_bytes") is None:
+        p = peaks.get(side)
+        if not size or not p:
             continue
         rows.append(
             [
-                f"{side} peak RSS during the {size >> 20} MiB echo "
-                f"({fmt(p['peak_x_payload'], 'x')} payload; +{fmt(p['growth_bytes'], 'MB')} = "
-                f"{fmt(p['growth_bytes'] / size, 'x')} payload over just before)",
+                f"{side} peak RSS during the {size >> 20} MiB echo ({fmt(p['peak_x_payload'], 'x')} payload; "
+                f"+{fmt(p['growth_bytes'] / size, 'x')} payload over just before; "
+                f"first run {fmt(p['first_peak_bytes'], 'MB')})",
                 fmt(p["peak_bytes"], "MB"),
                 f"≤ {PEAK_TARGET_X_PAYLOAD:.0f}x payload = {fmt(PEAK_TARGET_X_PAYLOAD * size, 'MB')}",
                 "✓" if p["target_met"] else "✗",
             ]
         )
+    for side in ("driver", "worker"):
+        p = peaks.get(side)
+        if size and p and p.get("retained_bytes") is not None:
+            rows.append(
+                [
+                    f"{side} RSS still held after the echoes, reply dropped "
+                    f"({fmt(p['retained_bytes'] / size, 'x')} payload)",
+                    fmt(p["retained_bytes"], "MB"),
+                    "",
+                    "",
+                ]
+            )
     return markdown(["memory (MB = 10^6 bytes)", "value", "target", "met"], rows)
 
 
@@ -186,7 +198,6 @@ def scaling_table(scaling: dict[str, Any]) -> str:
                 fmt(pipe["median"], "calls/s"),
                 f"{fmt(pipe['min'], 'calls/s')} .. {fmt(pipe['max'], 'calls/s')}",
                 f"{s['pipelined_calls']:,}",
-                fmt(s["driver_rss_bytes"], "MB"),
             ]
         )
     header = [
@@ -197,7 +208,6 @@ def scaling_table(scaling: dict[str, Any]) -> str:
         "pipelined (spread)",
         "runs min..max",
         "calls per run",
-        "driver RSS",
     ]
     return markdown(header, rows)
 
@@ -230,6 +240,8 @@ def render(doc: dict[str, Any]) -> str:
     if "scaling" in res:
         lines += [markdown(FIGURE_HEADER, figure_rows(res["scaling"]["cold_start"])), ""]
         lines += [scaling_table(res["scaling"]), ""]
+    for name, error in (doc.get("errors") or {}).items():
+        lines.append(f"FAILED: {name}: {error}")
     log = doc.get("log") or []
     expected = [line for line in log if "killed by SIGKILL" in line]
     other = [line for line in log if line not in expected]

@@ -9,16 +9,13 @@ cluster and the floor servers are stopped first, so only this section's processe
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import bigactor
 
-from ._bigactor import cold_start, start_echo_machines
+from ._bigactor import start_echo_machines
 from ._context import Bench
 from ._figures import scaled
-from ._memory import status
-from ._sections import Section, cold_figure
-from ._spawn_floors import connect_back, spawn_pass
+from ._sections import Section, cold_figures
 from ._stats import summarize_latency_runs, summarize_values
 from ._workloads import Call, pipelined, sequential
 
@@ -33,28 +30,12 @@ def _round_robin(calls: list[Call]) -> Call:
     return lambda i: calls[i % len(calls)](i)
 
 
-async def _cold(bench: Bench) -> dict[str, Any]:
-    o = bench.options
-    n = o.scale_cold
-    ready: list[float] = []
-    closed: list[float] = []
-    passes: list[float] = []
-    backs: list[float] = []
-    for _ in range(o.runs):
-        passes.append(await spawn_pass(n))
-        backs.append((await connect_back(n))[0])
-        r, c = await cold_start(n)
-        ready.append(r)
-        closed.append(c)
-    return cold_figure(n, ready, closed, passes, backs)
-
-
 async def scaling(bench: Bench) -> Section:
     """Cold start of many machines, then latency and throughput at each cluster size."""
     o = bench.options
     await bench.close_cluster()
     await bench.close_floors()
-    cold = await _cold(bench)
+    [cold] = (await cold_figures((o.scale_cold,), o.runs)).values()
     steps = []
     async with bigactor.open_cluster() as cluster:
         machines: list[bigactor.Machine] = []
@@ -76,7 +57,6 @@ async def scaling(bench: Bench) -> Section:
                     "sequential_us": scaled(summarize_latency_runs(seq_runs), 1e6),
                     "pipelined_calls_s": summarize_values(rates),
                     "pipelined_calls": n_pipe,
-                    "driver_rss_bytes": status().get("VmRSS"),
                 }
             )
     return {"scaling": {"cold_start": cold, "steps": steps}}

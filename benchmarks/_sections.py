@@ -10,8 +10,8 @@ from . import _bigactor as ba
 from ._context import Bench
 from ._figures import Figure, make_figure, scaled
 from ._floors import with_mux
-from ._memory import echo_peaks, idle_workers, status, summarize_peaks, watch_peaks
-from ._spawn_floors import connect_back, kill_to_eof, spawn_pass
+from ._memory import echo_peaks, idle_workers, status, summarize_peaks
+from ._spawn_floors import connect_back, fork_back, kill_to_eof, spawn_pass
 from ._stats import median, summarize_latency_runs, summarize_values
 from ._workloads import echo_rate, make_payload, pipelined, sequential
 
@@ -24,49 +24,48 @@ def _us(runs: list[list[float]]) -> dict[str, Any]:
     return scaled(summarize_latency_runs(runs), 1e6)
 
 
+async def cold_figures(sizes: tuple[int, ...], runs: int) -> dict[str, Figure]:
+    """Cold start of each cluster size, interleaved run by run with its spawn floors."""
+    keys = ("ready", "closed", "pass", "back", "fork")
+    got: dict[int, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in sizes}
+    for _ in range(runs):
+        for n in sizes:
+            g = got[n]
+            g["pass"].append(await spawn_pass(n))
+            g["back"].append((await connect_back(n))[0])
+            g["fork"].append(await fork_back(n))
+            ready, closed = await ba.cold_start(n)
+            g["ready"].append(ready)
+            g["closed"].append(closed)
+    out = {}
+    for n, g in got.items():
+        out[f"cold_start_{n}"] = make_figure(
+            f"cold_start_{n}",
+            f"a. cold start: open_cluster + {'1 machine' if n == 1 else f'{n} machines'} answering",
+            "s",
+            "lower",
+            summarize_values(g["ready"]),
+            [
+                ("spawn_pass", f"{n} x `python -c pass`, spawn to exit", summarize_values(g["pass"])),
+                (
+                    "connect_back",
+                    f"{n} x fresh interpreter importing trio+dill, connecting back",
+                    summarize_values(g["back"]),
+                ),
+                (
+                    "fork_back",
+                    f"template importing trio+dill, {n} x os.fork, connecting back",
+                    summarize_values(g["fork"]),
+                ),
+            ],
+            {"close_s": summarize_values(g["closed"])},
+        )
+    return out
+
+
 async def cold_start(bench: Bench) -> Section:
     """a. ``open_cluster`` + n machines answering a call, beside n bare process spawns."""
-    o = bench.options
-    sizes = o.cold_sizes
-    ready: dict[int, list[float]] = {n: [] for n in sizes}
-    closed: dict[int, list[float]] = {n: [] for n in sizes}
-    passes: dict[int, list[float]] = {n: [] for n in sizes}
-    backs: dict[int, list[float]] = {n: [] for n in sizes}
-    rss: list[int] = []
-    for _ in range(o.runs):
-        for n in sizes:
-            passes[n].append(await spawn_pass(n))
-            seconds, child_rss = await connect_back(n)
-            backs[n].append(seconds)
-            rss.extend(child_rss)
-            r, c = await ba.cold_start(n)
-            ready[n].append(r)
-            closed[n].append(c)
-    bench.notes["import_rss"] = rss
-    return {f"cold_start_{n}": cold_figure(n, ready[n], closed[n], passes[n], backs[n]) for n in sizes}
-
-
-def cold_figure(
-    n: int, ready: list[float], closed: list[float], passes: list[float], backs: list[float]
-) -> Figure:
-    """The cold-start figure for ``n`` machines (shared with the scaling section)."""
-    what = "1 machine" if n == 1 else f"{n} machines"
-    return make_figure(
-        f"cold_start_{n}",
-        f"a. cold start: open_cluster + {what} answering",
-        "s",
-        "lower",
-        summarize_values(ready),
-        [
-            ("spawn_pass", f"{n} x `python -c pass`, spawn to exit", summarize_values(passes)),
-            (
-                "connect_back",
-                f"{n} x fresh interpreter importing trio+dill, connecting back",
-                summarize_values(backs),
-            ),
-        ],
-        {"close_s": summarize_values(closed)},
-    )
+    return await cold_figures(bench.options.cold_sizes, bench.options.runs)
 
 
 async def _seq_floor_runs(bench: Bench, n: int, warmup: int) -> dict[str, list[float]]:
@@ -135,21 +134,15 @@ async def bulk_echo(bench: Bench) -> Section:
     o = bench.options
     [tcp] = await bench.tcp(1)
     [ws] = await bench.ws(1)
-    [(m, h)] = await bench.echo_actors(1)
-    pid = (await m.info()).pid
+    [(_, h)] = await bench.echo_actors(1)
     out: Section = {}
     for size in o.bulk_sizes:
         payload = make_payload(size)
         rates: dict[str, list[float]] = {"tcp": [], "ws": [], "bigactor": []}
-        peaks = []
         for _ in range(o.runs):
             rates["tcp"].append((await echo_rate(tcp.echo, payload))[1])
             rates["ws"].append((await echo_rate(ws.echo, payload))[1])
-            async with watch_peaks({"driver": "self", "worker": pid}) as w:
-                rates["bigactor"].append((await echo_rate(lambda p: h.echo(p), payload))[1])
-            peaks.append({"before": dict(w.before), "peak": dict(w.peak)})
-        if size == max(o.bulk_sizes):
-            bench.notes["echo_peaks"] = summarize_peaks(peaks, size)
+            rates["bigactor"].append((await echo_rate(lambda p: h.echo(p), payload))[1])
         del payload
         name = f"{size >> 20}MiB"
         out[f"echo_{name}"] = make_figure(
@@ -217,37 +210,40 @@ async def kill(bench: Bench) -> Section:
 
 
 async def memory(bench: Bench) -> Section:
-    """3. RSS of the driver and of idle workers; peaks on each side during the big echo."""
+    """3. RSS of the driver and of idle workers; peaks on each side during the big echo.
+
+    Run first, before any floor: the floors' clients leave freed-but-retained heap in the
+    driver (trio-websocket's 1 MiB messages), which would be charged to bigactor otherwise.
+    """
     o = bench.options
     cluster = await bench.cluster()
     [(m, h)] = await bench.echo_actors(1)
+    driver = status().get("VmRSS")
     idle = await idle_workers(cluster, o.idle_workers)
-    floor = bench.notes.get("import_rss") or (await connect_back(1))[1]
-    peaks = bench.notes.get("echo_peaks")
-    if peaks is None:
-        size = max(o.bulk_sizes)
-        pid = (await m.info()).pid
-        samples = await echo_peaks(lambda p: h.echo(p), make_payload(size), pid, o.runs)
-        peaks = summarize_peaks(samples, size)
+    floor = (await connect_back(1))[1]
+    size = max(o.bulk_sizes)
+    pid = (await m.info()).pid
+    samples = await echo_peaks(lambda p: h.echo(p), make_payload(size), pid, o.runs)
     return {
         "memory": {
             "driver_rss_start_bytes": bench.notes.get("driver_rss_start"),
-            "driver_rss_bytes": status().get("VmRSS"),
-            "machines_open": len(cluster.machines()),
+            "driver_rss_bytes": driver,
+            "machines_open": 1,
             "idle_worker_rss_bytes": median(idle) if idle else None,
             "idle_worker_rss_runs": idle,
             "floor_import_rss_bytes": median(floor) if floor else None,
-            "echo_peaks": peaks,
+            "echo_peaks": summarize_peaks(samples, size),
         }
     }
 
 
+# In the order they run: memory first (see its docstring).
 SECTIONS = {
+    "memory": memory,
     "cold_start": cold_start,
     "sequential": sequential_rtt,
     "pipelined": pipelined_calls,
     "bulk": bulk_echo,
     "actor_to_actor": actor_to_actor,
     "kill": kill,
-    "memory": memory,
 }

@@ -4,6 +4,8 @@
 * ``connect_back``: ``n`` fresh interpreters at once, each importing trio and dill (what a
   worker needs before it can serve) and connecting back over TCP; the time until
   every one of them has said hello. Each reports its RSS then, the floor of an idle worker.
+* ``fork_back``: one fresh interpreter imports trio and dill, then forks ``n`` children that
+  connect back: the bare cost of starting workers from a preloaded template (a forkserver).
 * ``kill_to_eof``: a child connected over TCP is killed with SIGKILL; the time until the
   parent's trio socket sees end-of-file.
 """
@@ -25,6 +27,17 @@ s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 s.sendall(rss.to_bytes(8, "big"))
 s.recv(1)
+"""
+
+_FORK_BACK = """\
+import os, socket, sys
+import trio, dill
+for _ in range(int(sys.argv[2])):
+    if os.fork() == 0:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+        s.sendall(b"r")
+        s.recv(1)
+        os._exit(0)
 """
 
 _WAIT_FOR_DEATH = """\
@@ -83,6 +96,29 @@ async def connect_back(n: int) -> tuple[float, list[int]]:
                 process.kill()
                 await process.wait()
     return elapsed, rss
+
+
+async def fork_back(n: int) -> float:
+    """Seconds until ``n`` children forked from a fresh trio+dill template have connected back."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    streams: list[trio.SocketStream] = []
+    argv = [sys.executable, "-c", _FORK_BACK, str(port), str(n)]
+    try:
+        t0 = time.perf_counter()
+        with trio.fail_after(60):
+            template = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL)
+            for _ in range(n):
+                stream = await listeners[0].accept()
+                streams.append(stream)
+                await _read_exactly(stream, 1)
+        elapsed = time.perf_counter() - t0
+        await template.wait()
+    finally:
+        for stream in streams:
+            await stream.aclose()  # the children read EOF and exit
+        await listeners[0].aclose()
+    return elapsed
 
 
 async def kill_to_eof() -> float:

@@ -112,19 +112,27 @@ class Connection:
                 self._wakeup = trio.Event()
                 continue
             size, parts = self._outbox.popleft()
+            more: list[_frames.Piece] = []
             while self._outbox and size + self._outbox[0][0] <= MAX_MESSAGE:
                 n, more = self._outbox.popleft()
                 size += n
                 parts.extend(more)
             await self._ws.send_message(parts)
+            # Drop our references now: a large buffer must not live on until the next send.
+            del parts, more
 
     # -- receiving ----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
         while True:
             message = await self._ws.get_message()
-            for frame in _frames.decode(message):
-                self._dispatch(frame)
+            self._dispatch_all(message)
+            # Drop our reference now: a large message must not live on until the next one.
+            del message
+
+    def _dispatch_all(self, message: bytes | memoryview) -> None:
+        for frame in _frames.decode(message):
+            self._dispatch(frame)
 
     def _dispatch(self, frame: _frames.Frame) -> None:
         kind, flags, call_id, payload = frame
