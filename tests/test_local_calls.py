@@ -334,3 +334,24 @@ async def test_another_local_user_cannot_reach_a_worker() -> None:
         )
         assert out.stdout.decode().strip() == "refused"
         assert await m.call("echo.echo", 1) == 1
+
+
+async def test_large_buffers_keep_their_types_and_survive_later_messages() -> None:
+    """bytes, bytearray and memoryview round-trip out of band with their types; a received
+    memoryview (a view of its message) is not overwritten by the messages after it."""
+    async with bigactor.open_cluster() as cluster:
+        bulk = await cluster.spawn(Bulk)
+        a = bytes(range(256)) * (4 * MiB // 256)
+        b = bytes(reversed(a))
+        back = await bulk.echo(a)
+        assert type(back) is bytes
+        assert back == a
+        array = await bulk.echo(bytearray(b))
+        assert type(array) is bytearray
+        assert array == b
+        view = await bulk.echo(memoryview(a))
+        assert isinstance(view, memoryview)
+        assert view == memoryview(a)
+        for data in (b, a, b):  # reuse of receive buffers must not touch a live view
+            assert await bulk.echo(data) == data
+        assert view == memoryview(a)
