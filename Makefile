@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo pi test check lint format clean
+.PHONY: demo pi bench test check lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bigactor needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
@@ -20,9 +20,12 @@ demo: $(BIN)/.installed
 pi: $(BIN)/.installed
 	$(BIN)/python examples/pi.py 4
 
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks
+
 lint: $(BIN)/.installed
-	$(BIN)/ruff format --check bigactor tests examples
-	$(BIN)/ruff check bigactor tests examples
+	$(BIN)/ruff format --check bigactor tests examples benchmarks
+	$(BIN)/ruff check bigactor tests examples benchmarks
 	$(BIN)/mypy
 
 # Coverage runs pytest itself (not pytest-cov) so that the pytest plugin's import and every
@@ -34,8 +37,8 @@ test: lint
 	$(BIN)/coverage report
 
 format: $(BIN)/.installed
-	$(BIN)/ruff format bigactor tests examples
-	$(BIN)/ruff check --fix bigactor tests examples
+	$(BIN)/ruff format bigactor tests examples benchmarks
+	$(BIN)/ruff check --fix bigactor tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .mypy_cache .ruff_cache
