@@ -23,10 +23,11 @@ async def open_cluster(system: System | str | None = None, **options: Any) -> As
     ``system`` is a System instance or a system name; without one, ``BIGACTOR_SYSTEM`` names
     it, else ``local``. ``options`` go to the named system's constructor.
 
-    The cluster owns one nursery: every machine's lifecycle runs in it. On exit (normal, error
-    or cancellation) every owned machine is shut down, its output flushed, and no worker process
-    is left behind. Errors from the body propagate unchanged; errors of the cluster's own tasks
-    propagate as an ``ExceptionGroup``.
+    The cluster owns one nursery: every machine's lifecycle runs in it, and the body runs
+    inside it. On exit (normal, error, cancellation or KeyboardInterrupt) every owned machine is
+    shut down, its output flushed, and no worker process is left behind. As with any trio
+    nursery, an exception leaving the body arrives wrapped in an ``ExceptionGroup`` (catch it
+    with ``except*``, or handle errors inside the body).
     """
     if system is None or isinstance(system, str):
         system = lookup(system or os.environ.get("BIGACTOR_SYSTEM") or "local", **options)
