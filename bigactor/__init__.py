@@ -61,6 +61,7 @@ from typing import Any
 
 from ._actor import ActorHandle, Environ, Services
 from ._cluster import Cluster
+from ._debug import serve_debug
 from ._errors import (
     BigActorError,
     BigActorInternalError,
@@ -110,6 +111,7 @@ __all__ = [
     "__version__",
     "open_cluster",
     "run",
+    "serve_debug",
 ]
 
 

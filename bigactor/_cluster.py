@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from . import _codec
+from . import _codec, _status
 from ._actor import ActorHandle, Environ, Services
 from ._errors import ClusterClosed, MachineLost, ServiceNotFound
 from ._machine import Machine, State
@@ -42,6 +42,8 @@ class Cluster:
         self._machines: dict[str, Machine] = {}
         self._names: dict[str, tuple[str, dict[str, str]]] = {}
         self._closed = False
+        #: where the debug pages are served (``open_cluster(debug_address=...)``), or None
+        self.debug_url: str | None = None
 
     @property
     def system(self) -> System | None:
@@ -186,6 +188,20 @@ class Cluster:
         if await m.wait(State.RUNNING) != State.RUNNING:
             raise m._lost()
         return m
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Every machine's state and what it reports (uptime, memory, disk, load, actors,
+        per-method counters), as plain data sorted by address. See ``bigactor._status``."""
+        return await _status.status(self.machines())
+
+    async def profile(self, seconds: float, machine: str | None = None) -> _status.Profile:
+        """A CPU profile taken on every running machine (or only ``machine``) at once for
+        ``seconds``, merged. An address the cluster does not know is a LookupError."""
+        return await _status.profile(_status.select(self.machines(), machine), seconds)
+
+    async def stacks(self) -> dict[str, str]:
+        """Every running machine's threads and Trio task tree, as text, by address."""
+        return await _status.stacks(_status.select(self.machines(), None))
 
     async def aclose(self) -> None:
         """Shut every owned machine down (flushing its output), then stop dialed ones.

@@ -31,6 +31,7 @@ from ._errors import (
     RemoteError,
     TransportError,
 )
+from ._metrics import Registry, payload_size
 from ._rpc import Kind
 from ._system import Instance, KeepaliveConfig
 from .supervisor import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
@@ -112,6 +113,8 @@ class Machine:
         self._tail_done = trio.Event()
         self._marker_seen = False
         self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
+        #: caller-side counters of every method called on this machine
+        self.metrics = Registry()
         self.info_: Info | None = None
 
     def __repr__(self) -> str:
@@ -386,11 +389,15 @@ class Machine:
         return await self._invoke(_codec.encode_call(target, args, kwargs), target, booting=True)
 
     async def _invoke(self, payload: _codec.Payload, target: str, booting: bool = False) -> Any:
+        start = time.perf_counter()
+        stat = self.metrics.get(target)
         try:
             conn = await self._connection(booting)
             kind, flags, data = await conn.call(payload)
         except TransportError as exc:
+            stat.record(time.perf_counter() - start, False, payload_size(payload.pieces), 0)
             raise await self._classify(exc) from None
+        stat.record(time.perf_counter() - start, kind == Kind.REPLY, payload_size(payload.pieces), len(data))
         if kind == Kind.REPLY:
             try:
                 return _codec.decode(data, flags)

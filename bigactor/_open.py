@@ -12,16 +12,21 @@ import trio
 
 from ._actor import current_cluster
 from ._cluster import Cluster
+from ._debug import serve_debug
 from ._system import System
 from .systems import lookup
 
 
 @asynccontextmanager
-async def open_cluster(system: System | str | None = None, **options: Any) -> AsyncIterator[Cluster]:
+async def open_cluster(
+    system: System | str | None = None, *, debug_address: str | tuple[str, int] | None = None, **options: Any
+) -> AsyncIterator[Cluster]:
     """Open a cluster on ``system`` and close it, with every machine it started, on exit.
 
     ``system`` is a System instance or a system name; without one, ``BIGACTOR_SYSTEM`` names
-    it, else ``local``. ``options`` go to the named system's constructor.
+    it, else ``local``. ``options`` go to the named system's constructor. With
+    ``debug_address`` (``"127.0.0.1:8080"``, or port 0 for any), the cluster also serves its
+    debug pages there (see ``serve_debug``); ``cluster.debug_url`` says where.
 
     The cluster owns one nursery: every machine's lifecycle runs in it, and the body runs
     inside it. On exit (normal, error, cancellation or KeyboardInterrupt) every owned machine is
@@ -37,6 +42,11 @@ async def open_cluster(system: System | str | None = None, **options: Any) -> As
     async with trio.open_nursery() as nursery:
         await system.setup(nursery, key)
         cluster = Cluster(nursery, key, system)
+        if debug_address is not None:
+            host, port = (
+                debug_address.rpartition(":")[::2] if isinstance(debug_address, str) else debug_address
+            )
+            cluster.debug_url = await nursery.start(serve_debug, cluster, host or "127.0.0.1", int(port))
         token = current_cluster.set(cluster)
         try:
             yield cluster

@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ import trio
 
 from .. import _codec
 from .._errors import CodecError, ProtocolError, ServiceNotFound
+from .._metrics import MethodStats, Registry, payload_size
 from . import _frames
 from ._connection import STREAM_WINDOW, Connection
 from ._frames import Kind
@@ -80,7 +82,6 @@ class Actor:
         self.instance = instance
         self.methods = method_table(instance)
         self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
-        self.calls: dict[str, int] = {}
 
     def submit(self, job: _Job) -> None:
         """Queue sync work; it runs after everything queued before it."""
@@ -129,6 +130,8 @@ class ActorTable:
     def __init__(self, addr: str, nursery: trio.Nursery, run_sync: RunSync) -> None:
         self.addr = addr
         self.actors: dict[str, Actor] = {}
+        #: server-side counters of every method called here ("actor.method")
+        self.metrics = Registry()
         self._nursery = nursery
         self._run_sync = run_sync
         self._counter = 0
@@ -203,12 +206,15 @@ class CallDispatcher:
         except Exception as exc:
             conn.send(Kind.ERROR, call_id, encode_error(exc, framework=True))
             return
-        actor.calls[target] = actor.calls.get(target, 0) + 1
+        stat = self._table.metrics.get(target)
+        start = time.perf_counter()
+        size = len(payload)
         if kind == SYNC:
 
             def done(ok: bool, value: Any) -> None:
                 self._jobs.pop(call_id, None)
-                self._reply(conn, call_id, ok, value)
+                sent = self._reply(conn, call_id, ok, value)
+                stat.record(time.perf_counter() - start, ok and sent > 0, size, abs(sent))
 
             job = _Job(fn, args, kwargs, done)
             self._jobs[call_id] = job
@@ -216,21 +222,26 @@ class CallDispatcher:
         elif kind == ASYNC:
             # The scope exists before the task runs: a CANCEL in the same message finds it.
             self._scopes[call_id] = trio.CancelScope()
-            self._nursery.start_soon(self._run_async, conn, call_id, fn, args, kwargs)
+            self._nursery.start_soon(self._run_async, conn, call_id, fn, args, kwargs, stat, start, size)
         else:
             self._credits[call_id] = _Credit()
             self._scopes[call_id] = trio.CancelScope()
-            self._nursery.start_soon(self._run_stream, conn, call_id, actor, fn, args, kwargs, kind)
+            self._nursery.start_soon(
+                self._run_stream, conn, call_id, actor, fn, args, kwargs, kind, stat, start, size
+            )
 
-    def _reply(self, conn: Connection, call_id: int, ok: bool, value: Any) -> None:
+    def _reply(self, conn: Connection, call_id: int, ok: bool, value: Any) -> int:
+        """Send the reply (or error); return its size in bytes, negative for an error."""
         if ok:
             try:
                 reply = _codec.encode(value, "the reply")
                 conn.send(Kind.REPLY, call_id, reply.pieces, reply.flags)
-                return
+                return payload_size(reply.pieces)
             except CodecError as exc:
                 value = exc
-        conn.send(Kind.ERROR, call_id, encode_error(value))
+        error = encode_error(value)
+        conn.send(Kind.ERROR, call_id, error)
+        return -len(error)
 
     async def _run_async(
         self,
@@ -239,16 +250,21 @@ class CallDispatcher:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        stat: MethodStats,
+        start: float,
+        size: int,
     ) -> None:
         with self._scopes[call_id]:
             try:
                 value = await fn(*args, **kwargs)
             except Exception as exc:
-                self._reply(conn, call_id, False, exc)
+                sent = self._reply(conn, call_id, False, exc)
+                stat.record(time.perf_counter() - start, False, size, -sent)
                 return
             finally:
                 del self._scopes[call_id]
-            self._reply(conn, call_id, True, value)
+            sent = self._reply(conn, call_id, True, value)
+            stat.record(time.perf_counter() - start, sent > 0, size, abs(sent))
 
     async def _run_stream(
         self,
@@ -259,15 +275,19 @@ class CallDispatcher:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         kind: str,
+        stat: MethodStats,
+        start: float,
+        size: int,
     ) -> None:
         credit = self._credits[call_id]
+        ok, sent = False, 0
         with self._scopes[call_id]:
             try:
                 if kind == ASYNC_GEN:
                     agen = fn(*args, **kwargs)
                     try:
                         async for item in agen:
-                            await self._send_item(conn, call_id, credit, item)
+                            sent += await self._send_item(conn, call_id, credit, item)
                     finally:
                         await agen.aclose()
                 else:
@@ -275,23 +295,26 @@ class CallDispatcher:
                     end = object()
                     try:
                         while (item := await actor.run_sync(next, gen, end)) is not end:
-                            await self._send_item(conn, call_id, credit, item)
+                            sent += await self._send_item(conn, call_id, credit, item)
                     finally:
                         gen.close()
                 conn.send(Kind.STREAM_END, call_id)
+                ok = True
             except Exception as exc:
                 conn.send(Kind.ERROR, call_id, encode_error(exc))
             finally:
                 del self._scopes[call_id]
                 del self._credits[call_id]
+                stat.record(time.perf_counter() - start, ok, size, sent)
 
-    async def _send_item(self, conn: Connection, call_id: int, credit: _Credit, item: Any) -> None:
+    async def _send_item(self, conn: Connection, call_id: int, credit: _Credit, item: Any) -> int:
         while credit.n <= 0:
             await credit.event.wait()
             credit.event = trio.Event()
         credit.n -= 1
         data = _codec.encode(item, "a streamed item")
         conn.send(Kind.STREAM_DATA, call_id, data.pieces, data.flags)
+        return payload_size(data.pieces)
 
     def cancel_received(self, call_id: int) -> None:
         scope = self._scopes.get(call_id)

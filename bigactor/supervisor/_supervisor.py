@@ -28,6 +28,7 @@ import trio
 
 from .. import _codec, _rpc, _version
 from .._errors import CodecError
+from . import _introspect
 from ._info import DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
 
 log = logging.getLogger("bigactor.supervisor")
@@ -123,6 +124,29 @@ class Supervisor:
         """Replace this machine's table of the cluster's named actors (see Cluster.actor)."""
         if self._worker.cluster is not None:
             self._worker.cluster._names = dict(names)
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters: server side per method, caller side per machine this worker called, and
+        the actors hosted here with their types."""
+        cluster = self._worker.cluster
+        machines = cluster.machines() if cluster is not None else []
+        return {
+            "server": self._worker.table.metrics.snapshot(),
+            "client": {m.addr: m.metrics.snapshot() for m in machines},
+            "actors": {
+                name: type(a.instance).__qualname__
+                for name, a in self._worker.table.actors.items()
+                if name != "Supervisor"
+            },
+        }
+
+    async def profile(self, seconds: float) -> dict[str, Any]:
+        """A CPU profile of this machine over ``seconds`` (see ``_introspect.profile``)."""
+        return await _introspect.profile(seconds)
+
+    async def stacks(self) -> str:
+        """Every thread's stack and the Trio task tree, as text."""
+        return _introspect.stacks()
 
     async def setenv(self, env: dict[str, str]) -> None:
         os.environ.update(env)

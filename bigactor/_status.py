@@ -1,0 +1,160 @@
+"""The cluster as one program: every machine's status, a merged CPU profile, all stacks.
+
+Everything here asks running machines through their Supervisor, in parallel, each answer
+bounded in time; a machine that cannot answer is reported with its error, never waited on.
+Only machines the cluster already knows are asked: an address it does not know is a
+``LookupError``, never a new dial (bigmachine's profile handler dialed any address, §6.2).
+"""
+
+from __future__ import annotations
+
+import io
+import marshal
+import pstats
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ._machine import Machine, State
+from .supervisor import _introspect
+
+T = TypeVar("T")
+ASK_TIMEOUT = 10.0
+
+
+async def _gather(
+    machines: Sequence[Machine], ask: Callable[[Machine], Awaitable[T]], limit: float = ASK_TIMEOUT
+) -> tuple[dict[str, T], dict[str, str]]:
+    """Ask every machine at once (each for at most ``limit`` s); answers and errors by address."""
+    answers: dict[str, T] = {}
+    errors: dict[str, str] = {}
+
+    async def one(m: Machine) -> None:
+        try:
+            with trio.fail_after(limit):
+                answers[m.addr] = await ask(m)
+        except trio.TooSlowError:
+            errors[m.addr] = f"no answer within {limit:.0f} s"
+        except Exception as exc:
+            errors[m.addr] = f"{type(exc).__name__}: {exc}"
+
+    async with trio.open_nursery() as nursery:
+        for m in machines:
+            nursery.start_soon(one, m)
+    return answers, errors
+
+
+def select(machines: Sequence[Machine], addr: str | None) -> list[Machine]:
+    """The running machines, or just ``addr`` (LookupError if the cluster does not know it)."""
+    if addr is not None:
+        found = [m for m in machines if m.addr == addr]
+        if not found:
+            raise LookupError(f"no machine {addr!r} in this cluster")
+        return found
+    return [m for m in machines if m.state == State.RUNNING]
+
+
+async def _one_status(m: Machine) -> dict[str, Any]:
+    info = await m.info()
+    mem, disk, load = await m.mem_info(), await m.disk_info(), await m.load_info()
+    stats = await m.call("Supervisor.stats")
+    return {
+        "started": info.started,
+        "uptime": time.time() - info.started,
+        "pid": info.pid,
+        "python": info.python,
+        "memory": attrs.asdict(mem),
+        "disk": attrs.asdict(disk),
+        "load": attrs.asdict(load),
+        "actors": stats["actors"],
+        "server": stats["server"],
+        "peer_calls": stats["client"],
+    }
+
+
+async def status(machines: Sequence[Machine]) -> list[dict[str, Any]]:
+    """Status of every machine, sorted by address (plain data, ready for JSON).
+
+    Each entry has the address, state, error, owner and keepalive figures the driver knows and
+    the driver's own per-method counters for calls to it (``client``); for a running machine,
+    what it reports: uptime (the machine's own, not the driver's), memory, disk, load, hosted
+    actors, per-method counters of calls it served (``server``) and of calls it made to other
+    machines (``peer_calls``).
+    """
+    running = [m for m in machines if m.state == State.RUNNING]
+    answers, errors = await _gather(running, _one_status)
+    out = []
+    for m in sorted(machines, key=lambda m: m.addr):
+        entry: dict[str, Any] = {
+            "addr": m.addr,
+            "state": str(m.state),
+            "error": str(m.error) if m.error else None,
+            "owned": m.owned,
+            "hostname": m.hostname,
+            "keepalive_next": m.next_keepalive or None,
+            "keepalive_reply_ms": [round(t * 1e3, 3) for t in m.keepalive_reply_times],
+            "client": m.metrics.snapshot(),
+        }
+        if m.addr in answers:
+            entry.update(answers[m.addr])
+        if m.addr in errors:
+            entry["status_error"] = errors[m.addr]
+        out.append(entry)
+    return out
+
+
+@attrs.frozen
+class Profile:
+    """A CPU profile merged over machines: ``pstats`` and collapsed stacks (flame graphs)."""
+
+    seconds: float
+    machines: tuple[str, ...]
+    errors: dict[str, str]
+    stats: dict[Any, Any]  # the merged pstats dict
+    collapsed: dict[str, int]
+
+    def pstats(self) -> pstats.Stats:
+        """The merged profile as ``pstats.Stats``."""
+        merged = _introspect.merge_pstats([self.stats]) if self.stats else None
+        if merged is None:
+            raise LookupError("the profile is empty")
+        return merged
+
+    def pstats_bytes(self) -> bytes:
+        """The merged profile in the pstats file format (``pstats.Stats(path)``, snakeviz)."""
+        return marshal.dumps(self.stats)
+
+    def collapsed_text(self) -> str:
+        """One line per stack, ``frame;frame;frame count`` (flamegraph.pl, speedscope)."""
+        return "".join(f"{stack} {n}\n" for stack, n in sorted(self.collapsed.items()))
+
+    def top(self, n: int = 30, sort: str = "cumulative") -> str:
+        """The ``n`` heaviest functions as text."""
+        out = io.StringIO()
+        stats = self.pstats()
+        stats.stream = out  # type: ignore[attr-defined]
+        stats.sort_stats(sort).print_stats(n)
+        return out.getvalue()
+
+
+async def profile(machines: Sequence[Machine], seconds: float) -> Profile:
+    """Profile ``machines`` at once for ``seconds`` and merge what they return."""
+    answers, errors = await _gather(
+        machines, lambda m: m.call("Supervisor.profile", seconds), limit=seconds + ASK_TIMEOUT
+    )
+    merged = _introspect.merge_pstats([a["pstats"] for a in answers.values()])
+    collapsed: Counter[str] = Counter()
+    for a in answers.values():
+        collapsed.update(a["collapsed"])
+    stats: dict[Any, Any] = getattr(merged, "stats", {})
+    return Profile(seconds, tuple(sorted(answers)), errors, stats, dict(collapsed))
+
+
+async def stacks(machines: Sequence[Machine]) -> dict[str, str]:
+    """Every machine's threads and Trio task tree, as text, by address."""
+    answers, errors = await _gather(machines, lambda m: m.call("Supervisor.stacks"))
+    return {**answers, **{addr: f"(no stacks: {err})\n" for addr, err in errors.items()}}
