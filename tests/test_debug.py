@@ -153,3 +153,37 @@ async def test_debug_pages_over_http(tmp_path: Path) -> None:
         assert (await get(url + "profile?seconds=0.1&format=svg"))[0] == 400
         assert (await get(url + "nothing"))[0] == 404
         assert os.getpid()  # the driver served it all from its own nursery
+
+
+async def test_command_line_prints_status_and_writes_profiles(tmp_path: Path) -> None:
+    """``python -m bigactor status|profile|stacks URL`` talk to a running cluster's debug server."""
+    import sys
+
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        url = cluster.debug_url
+        assert url is not None
+        [m] = await cluster.start(1, Services(spinner=Spinner()))
+        await m.call("spinner.spin_async_only_on_worker", 10)
+
+        async def cli(*args: str) -> str:
+            done = await trio.run_process(
+                [sys.executable, "-m", "bigactor", *args], capture_stdout=True, capture_stderr=True
+            )
+            return str(done.stdout.decode())
+
+        table = await cli("status", url)
+        header, row = table.splitlines()
+        assert header.split()[:3] == ["MACHINE", "STATE", "UPTIME"]
+        assert row.split()[:2] == [m.addr, "RUNNING"]
+        out = tmp_path / "cli.pstats"
+        await cli("profile", url, "--seconds", "0.3", "-o", str(out))
+        pstats.Stats(str(out))
+        assert "trio tasks:" in await cli("stacks", url)
+        failed = await trio.run_process(
+            [sys.executable, "-m", "bigactor", "profile", url, "--seconds", "1", "--machine", "unix:/x"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert failed.returncode != 0
+        assert b"404" in failed.stderr

@@ -1,0 +1,114 @@
+"""The operator's command line: ``python -m bigactor`` (or the ``bigactor`` script).
+
+    bigactor status URL                          the cluster's machines as a table
+    bigactor profile URL --seconds N -o FILE     a merged CPU profile (pstats; or --format)
+    bigactor stacks URL                          every machine's threads and Trio tasks
+
+URL is a cluster's debug address (``cluster.debug_url``), e.g. http://127.0.0.1:8080/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+PREFIX = "/debug/bigactor/"
+
+
+def _url(base: str, page: str, **query: Any) -> str:
+    parts = urllib.parse.urlsplit(base if "://" in base else f"http://{base}")
+    path = parts.path if parts.path.startswith(PREFIX) else PREFIX
+    q = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path + page, q, ""))
+
+
+def _fetch(url: str, timeout: float) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            data: bytes = reply.read()
+            return data
+    except urllib.error.HTTPError as err:
+        raise SystemExit(
+            f"bigactor: {url}: {err.code} {err.read().decode(errors='replace').strip()}"
+        ) from None
+    except OSError as err:
+        raise SystemExit(f"bigactor: cannot reach {url}: {err}") from None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "K", "M", "G", "T"):
+        if n < 1000:
+            return f"{n:.0f}{unit}"
+        n /= 1000
+    return f"{n:.0f}P"
+
+
+def status_table(machines: list[dict[str, Any]]) -> str:
+    """The status JSON as a fixed-width table."""
+    header = ("MACHINE", "STATE", "UPTIME", "MEM", "RSS", "LOAD", "CALLS", "ERRORS", "ERROR")
+    rows = [header]
+    for m in machines:
+        served = {k: v for k, v in m.get("server", {}).items() if not k.startswith("Supervisor.")}
+        mem, load = m.get("memory"), m.get("load")
+        rows.append(
+            (
+                m["addr"],
+                m["state"],
+                f"{m['uptime']:.0f}s" if "uptime" in m else "-",
+                f"{mem['percent']:.0f}%" if mem else "-",
+                _size(mem["rss"]) if mem else "-",
+                f"{load['load1']:.2f}" if load else "-",
+                str(sum(c["count"] for c in served.values())),
+                str(sum(c["errors"] for c in served.values())),
+                (m["error"] or m.get("status_error") or "")[:60],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return (
+        "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bigactor", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("status", help="the cluster's machines as a table")
+    p.add_argument("url")
+    p.add_argument("--json", action="store_true", help="print the JSON instead")
+    p = sub.add_parser("profile", help="a CPU profile merged over the machines")
+    p.add_argument("url")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--machine", help="profile only this machine")
+    p.add_argument("--format", choices=["pstats", "collapsed", "text"], default="pstats")
+    p.add_argument("-o", "--output", help="write here (default: bigactor-<time>.pstats, or stdout for text)")
+    p = sub.add_parser("stacks", help="every machine's threads and Trio tasks")
+    p.add_argument("url")
+    args = parser.parse_args(argv)
+
+    if args.command == "status":
+        data = _fetch(_url(args.url, "status.json"), 30)
+        sys.stdout.write(data.decode() + "\n" if args.json else status_table(json.loads(data)))
+    elif args.command == "stacks":
+        sys.stdout.write(_fetch(_url(args.url, "stacks"), 30).decode())
+    else:
+        url = _url(args.url, "profile", seconds=args.seconds, machine=args.machine, format=args.format)
+        data = _fetch(url, args.seconds + 60)
+        output = args.output
+        if output is None and args.format == "pstats":
+            output = time.strftime("bigactor-%Y%m%dT%H%M%S.pstats")
+        if output is None:
+            sys.stdout.write(data.decode())
+        else:
+            with open(output, "wb") as f:
+                f.write(data)
+            print(f"wrote {output} ({len(data)} bytes)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
