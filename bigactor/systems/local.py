@@ -36,6 +36,7 @@ import trio
 
 from .._system import Instance, KeepaliveConfig, System
 from ..supervisor import WatchdogConfig
+from . import _oom
 
 log = logging.getLogger("bigactor.local")
 
@@ -66,6 +67,7 @@ class LocalInstance(Instance):
         self.observes_exit = True
         self._lifeline = lifeline
         self._output = output
+        self._oom_before = _oom.oom_kills(pid)
 
     async def _wait_code(self) -> int | None:
         raise NotImplementedError
@@ -73,7 +75,15 @@ class LocalInstance(Instance):
     async def wait_exit(self) -> str:
         code = await self._wait_code()
         await self._lifeline.aclose()
+        if code == -signal.SIGKILL:
+            cause = await trio.to_thread.run_sync(_oom.oom_cause, self.pid, self._oom_before)
+            if cause:
+                return f"worker process {self.pid} was {cause}"
         return _describe(self.pid, code)
+
+    def watch_memory(self) -> None:
+        """Note the OOM-kill counters of the worker's memory cgroups (again, if it moved)."""
+        self._oom_before = _oom.oom_kills(self.pid)
 
     async def tail(self, line: Callable[[str], None]) -> None:
         buf = b""

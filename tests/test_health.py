@@ -1,0 +1,61 @@
+"""Health of workers: an OOM kill named as such."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import bigactor
+from bigactor import MachineLost, Services, State
+
+pytestmark = pytest.mark.slow
+
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
+
+
+class Hog:
+    """Allocates until something stops it."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def allocate(self, mib: int) -> int:
+        blocks = [bytearray(1 << 20) for _ in range(mib)]  # touched: bytearray zero-fills
+        return len(blocks)
+
+
+@pytest.fixture
+def small_cgroup() -> Iterator[Path]:
+    """A cgroup-v1 memory cgroup limited to 100 MB (needs root and a writable hierarchy)."""
+    if os.geteuid() != 0 or not os.access(MEMORY_CGROUP, os.W_OK):
+        pytest.skip("needs root and a writable cgroup-v1 memory hierarchy")
+    path = MEMORY_CGROUP / f"bigactor-test-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    try:
+        (path / "memory.limit_in_bytes").write_text(str(100 * 1000 * 1000))
+        swap = path / "memory.memsw.limit_in_bytes"
+        if swap.exists():
+            swap.write_text(str(100 * 1000 * 1000))
+        yield path
+    finally:
+        for pid in (path / "cgroup.procs").read_text().split():
+            (MEMORY_CGROUP / "cgroup.procs").write_text(pid)
+        path.rmdir()
+
+
+async def test_worker_killed_by_the_oom_killer_says_so(small_cgroup: Path) -> None:
+    """A worker OOM-killed under a 100 MB memory cgroup stops with an error naming the OOM kill."""
+    async with bigactor.open_cluster() as cluster:
+        [m] = await cluster.start(1, Services(hog=Hog()))
+        pid = await m.call("hog.pid")
+        (small_cgroup / "cgroup.procs").write_text(str(pid))
+        with trio.fail_after(30), pytest.raises(MachineLost):
+            await m.call("hog.allocate", 400)
+        assert m.state == State.STOPPED
+        assert "OOM killer" in str(m.error)
+        assert str(pid) in str(m.error)
