@@ -109,6 +109,7 @@ class Machine:
         self._reply_times: deque[float] = deque(maxlen=10)
         self._next_keepalive = 0.0
         self._shutting_down = False
+        self._healthy = True
         self._exited = trio.Event()
         self._tail_done = trio.Event()
         self._marker_seen = False
@@ -330,6 +331,7 @@ class Machine:
             else:
                 self._reply_times.append(trio.current_time() - t0)
                 self._next_keepalive = time.time() + reply.next
+                await self._check_health(reply.healthy)
                 return reply
             wait = next(waits)
             now = trio.current_time()
@@ -341,6 +343,22 @@ class Machine:
                     f"(timeout={cfg.timeout} s, rpc timeout={cfg.rpc_timeout} s): {what}",
                 )
             await trio.sleep(wait)
+
+    async def _check_health(self, healthy: bool) -> None:
+        """Log once per episode when the worker says it is short of memory, with what it holds."""
+        if healthy == self._healthy:
+            return
+        self._healthy = healthy
+        if healthy:
+            log.info("%s: healthy again", self.addr)
+            return
+        try:
+            with trio.move_on_after(self._keepalive.rpc_timeout):
+                report = await self._raw_call("Supervisor.memory_report")
+        except BigActorError as exc:
+            report = f"(no memory report: {exc})"
+        log.warning("%s: the machine reports itself unhealthy (memory nearly full); it holds:\n%s",
+                    self.addr, report)  # fmt: skip
 
     async def _ping_loop(self) -> None:
         cfg = self._keepalive

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import bigactor
 from bigactor import MachineLost, Services, State
@@ -59,3 +60,25 @@ async def test_worker_killed_by_the_oom_killer_says_so(small_cgroup: Path) -> No
         assert m.state == State.STOPPED
         assert "OOM killer" in str(m.error)
         assert str(pid) in str(m.error)
+
+
+async def test_unhealthy_worker_is_logged_once_per_episode_with_what_it_holds(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker over its memory threshold is logged once, with its object counts, not per keepalive."""
+    from bigactor.supervisor import WatchdogConfig
+    from bigactor.testing import TestSystem
+
+    system = TestSystem(
+        keepalive=bigactor.KeepaliveConfig(period=2, timeout=4, rpc_timeout=1),
+        watchdog=WatchdogConfig(tick=1, unhealthy_memory_percent=0.0),  # any use is too much
+    )
+    async with bigactor.open_cluster(system) as cluster:
+        [m] = await cluster.start(1, Services(hog=Hog()))
+        await m.wait(State.RUNNING)
+        await trio.sleep(20)  # ten keepalives after the worker turned unhealthy
+        assert m.state == State.RUNNING
+    warnings = [r for r in caplog.records if "unhealthy" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelname == "WARNING"
+    assert "live objects by type" in warnings[0].getMessage()

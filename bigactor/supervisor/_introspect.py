@@ -68,6 +68,21 @@ async def profile(seconds: float, hz: float = SAMPLE_HZ) -> dict[str, Any]:
         return {"pstats": stats.stats, "collapsed": dict(collapsed)}  # type: ignore[attr-defined]
 
 
+def memory_report(top: int = 15) -> str:
+    """Live objects by type, the most numerous first, and tracemalloc's top sites if tracing."""
+    import gc
+    import tracemalloc
+    from collections import Counter as _Counter
+
+    counts = _Counter(type(o).__qualname__ for o in gc.get_objects())
+    lines = [f"{n:>10}  {name}" for name, n in counts.most_common(top)]
+    out = "live objects by type:\n" + "\n".join(lines) + "\n"
+    if tracemalloc.is_tracing():
+        stats = tracemalloc.take_snapshot().statistics("lineno")[:top]
+        out += "tracemalloc, top allocation sites:\n" + "\n".join(f"  {s}" for s in stats) + "\n"
+    return out
+
+
 def _task_tree(task: trio.lowlevel.Task, depth: int, out: list[str]) -> None:
     pad = "  " * depth
     out.append(f"{pad}task {task.name}")

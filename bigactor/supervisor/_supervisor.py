@@ -34,16 +34,17 @@ from ._info import DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
 log = logging.getLogger("bigactor.supervisor")
 
 SYNC_MARKER = "========// bigactor done //========"
-HEALTHY_MEMORY_PERCENT = 95.0
 
 
 @attrs.frozen
 class WatchdogConfig:
     """When an unattended worker exits: checked every ``tick`` s; ``boot_grace`` s before the
-    first keepalive arrives."""
+    first keepalive arrives. At each tick the worker also checks its host's memory: above
+    ``unhealthy_memory_percent`` it reports itself unhealthy in its keepalive replies."""
 
     tick: float = 30.0
     boot_grace: float = 120.0
+    unhealthy_memory_percent: float = 95.0
 
 
 @functools.cache
@@ -144,6 +145,11 @@ class Supervisor:
         """A CPU profile of this machine over ``seconds`` (see ``_introspect.profile``)."""
         return await _introspect.profile(seconds)
 
+    async def memory_report(self, top: int = 15) -> str:
+        """What this worker holds: live objects by type (and tracemalloc's top allocation
+        sites when the user turned tracing on), as text."""
+        return _introspect.memory_report(top)
+
     async def stacks(self) -> str:
         """Every thread's stack and the Trio task tree, as text."""
         return _introspect.stacks()
@@ -241,7 +247,8 @@ class Worker:
                 self.exit(1)
                 return
             with contextlib.suppress(Exception):  # unreadable memory info keeps the last verdict
-                self.healthy = psutil.virtual_memory().percent <= HEALTHY_MEMORY_PERCENT
+                limit = self._watchdog.unhealthy_memory_percent
+                self.healthy = psutil.virtual_memory().percent <= limit
 
     async def shutdown(self, delay: float, message: str) -> None:
         await trio.sleep(delay)
