@@ -19,6 +19,7 @@ from ._machine import Machine, State
 from ._system import KeepaliveConfig, System
 
 log = logging.getLogger("bigactor")
+OUTPUT_GRACE = 2.0
 
 
 class Cluster:
@@ -211,6 +212,7 @@ class Cluster:
         if self._closed:
             return
         self._closed = True
+        all_machines = list(self._machines.values())
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for m in list(self._machines.values()):
@@ -218,3 +220,7 @@ class Cluster:
                         nursery.start_soon(m.shutdown)
             for m in list(self._machines.values()):
                 m._fail(MachineLost(m.addr, "cluster closed"), logging.DEBUG)
+            # Nothing lost: what the machines printed reaches stderr before the cluster ends.
+            with trio.move_on_after(OUTPUT_GRACE):
+                for m in all_machines:
+                    await m.output.drained()

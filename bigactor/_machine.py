@@ -32,6 +32,7 @@ from ._errors import (
     TransportError,
 )
 from ._metrics import Registry, payload_size
+from ._output import Output
 from ._rpc import Kind
 from ._system import Instance, KeepaliveConfig
 from .supervisor import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
@@ -114,6 +115,7 @@ class Machine:
         self._tail_done = trio.Event()
         self._marker_seen = False
         self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
+        self.output = Output(f"{addr}: ")
         #: caller-side counters of every method called on this machine
         self.metrics = Registry()
         self.info_: Info | None = None
@@ -173,6 +175,7 @@ class Machine:
                     else:
                         if self._instance is not None:
                             await self._tail_done.wait()
+                            await self.output.drained()
                             if self._instance.observes_exit:
                                 # Let the worker finish exiting on its own (it flushes and
                                 # saves what it must); the kill below is for stragglers.
@@ -196,6 +199,8 @@ class Machine:
         if self._state == State.STOPPED:
             return
         self._error = error
+        if isinstance(error, MachineStartError):
+            self.output.show_held()
         log.log(level, "%s", error)
         self._set_state(State.STOPPED)
         if self._conn is not None:
@@ -271,7 +276,6 @@ class Machine:
     async def _tail(self) -> None:
         """Copy the machine's output to the driver's stderr, prefixed with its address."""
         assert self._instance is not None
-        import sys
 
         def line(text: str) -> None:
             if text.endswith(SYNC_MARKER):
@@ -279,22 +283,25 @@ class Machine:
                 text = text[: -len(SYNC_MARKER)]
                 if text:
                     self.last_lines.append(text)
-                    sys.stderr.write(f"{self.addr}: {text}\n")
+                    self.output.line(text)
                 self._marker_seen = True
                 self._tail_done.set()
                 return
             self.last_lines.append(text)
-            sys.stderr.write(f"{self.addr}: {text}\n")
+            self.output.line(text)
 
-        try:
-            await self._instance.tail(line)
-        finally:
-            sys.stderr.flush()
-            self._tail_done.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.output.run)
+            try:
+                await self._instance.tail(line)
+            finally:
+                self.output.close()
+                self._tail_done.set()
 
     async def _boot(self) -> None:
         conn = await self._connection(booting=True)
         del conn
+        self.output.start_printing()  # what came before was the interpreter starting
         self.info_ = await self._raw_call("Supervisor.info")
         for name, blob in self._services.items():
             try:

@@ -1,0 +1,107 @@
+"""One machine's output on its way to the driver's stderr.
+
+Lines are queued as the machine's output is read and written by a task of their own, so a
+driver whose stderr is slow or blocked never stops the reading, and so never blocks a worker on
+a full pipe. Past ``limit`` bytes of queued output the oldest lines are dropped and counted; the
+next write says so (``addr: [... 123 lines (4567 bytes) of output dropped ...]``).
+
+Lines printed before the machine answers its first call (interpreter start-up noise) are held,
+not shown; they are shown only if the machine fails to boot (they also go into its error).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+LIMIT = 512 * 1024
+HELD_LINES = 200
+
+
+def _write_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+class Output:
+    """A machine's queued output lines; see the module docstring."""
+
+    def __init__(self, prefix: str, write: Callable[[str], None] = _write_stderr, limit: int = LIMIT) -> None:
+        self._prefix = prefix
+        self._write = write
+        self._limit = limit
+        self._lines: deque[str] = deque()
+        self._bytes = 0
+        self._dropped_lines = 0
+        self._dropped_bytes = 0
+        self._held: deque[str] | None = deque(maxlen=HELD_LINES)
+        self._wake = trio.Event()
+        self._closed = False
+        self._drained = trio.Event()
+        self._drained.set()
+
+    def line(self, text: str) -> None:
+        """Queue one line (never blocks)."""
+        if self._held is not None:
+            self._held.append(text)
+            return
+        self._push(text)
+
+    def _push(self, text: str) -> None:
+        self._lines.append(text)
+        self._bytes += len(text)
+        while self._bytes > self._limit and len(self._lines) > 1:
+            old = self._lines.popleft()
+            self._bytes -= len(old)
+            self._dropped_lines += 1
+            self._dropped_bytes += len(old) + 1
+        self._drained = trio.Event() if self._drained.is_set() else self._drained
+        self._wake.set()
+
+    def start_printing(self) -> None:
+        """The machine is up: drop the held start-up lines and show what comes next."""
+        self._held = None
+
+    def show_held(self) -> None:
+        """The machine failed to boot: show the held start-up lines after all."""
+        held, self._held = self._held, None
+        for text in held or ():
+            self._push(text)
+
+    def close(self) -> None:
+        """No more lines will come; the writer ends once it has written the queue."""
+        if self._held:
+            self.show_held()
+        self._closed = True
+        self._wake.set()
+
+    async def drained(self) -> None:
+        """Wait until every queued line is written."""
+        await self._drained.wait()
+
+    async def run(self) -> None:
+        """Write queued lines until closed and empty (the lines of one batch in one write)."""
+        while True:
+            if not self._lines:
+                self._drained.set()
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            batch = []
+            if self._dropped_lines:
+                batch.append(
+                    f"{self._prefix}[... {self._dropped_lines} lines ({self._dropped_bytes} bytes) "
+                    "of output dropped: the driver's stderr did not keep up ...]\n"
+                )
+                self._dropped_lines = self._dropped_bytes = 0
+            while self._lines:
+                text = self._lines.popleft()
+                self._bytes -= len(text)
+                batch.append(f"{self._prefix}{text}\n")
+            # A thread, so that a blocked stderr blocks only this writer.
+            await trio.to_thread.run_sync(self._write, "".join(batch), abandon_on_cancel=True)

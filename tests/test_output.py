@@ -1,0 +1,142 @@
+"""Worker output on the driver's stderr: prefixed, in order, complete, never blocking a worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from bigactor._output import Output
+
+
+async def test_output_drops_oldest_lines_and_counts_them_when_the_writer_is_blocked() -> None:
+    """While stderr is blocked, queueing never blocks; the oldest lines go, and are counted."""
+    release = threading.Event()
+    written: list[str] = []
+
+    def write(text: str) -> None:
+        release.wait(10)
+        written.append(text)
+
+    out = Output("m: ", write=write, limit=1000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(out.run)
+        out.start_printing()
+        out.line("first")
+        await trio.testing.wait_all_tasks_blocked()  # the writer is now stuck on "first"
+        for i in range(500):
+            out.line(f"line {i:03d}")  # never blocks
+        release.set()
+        out.close()
+    text = "".join(written)
+    assert text.startswith("m: first\n")
+    assert "lines (" in text
+    assert "of output dropped" in text
+    assert text.endswith("m: line 499\n")
+    kept = [line for line in text.splitlines() if line.startswith("m: line")]
+    assert kept == sorted(kept)  # order kept among the survivors
+    assert sum(len(line) - 3 for line in kept) <= 1000
+
+
+async def test_start_up_lines_are_held_and_shown_only_if_boot_fails() -> None:
+    """Lines before the machine is up are elided, unless it fails to boot."""
+    for failed in (False, True):
+        written: list[str] = []
+        out = Output("m: ", write=written.append)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(out.run)
+            out.line("interpreter noise")
+            if failed:
+                out.show_held()
+            else:
+                out.start_printing()
+            out.line("user output")
+            out.close()
+        text = "".join(written)
+        assert ("interpreter noise" in text) is failed
+        assert "m: user output\n" in text
+
+
+DRIVER = """
+    import logging, os, sys, time, warnings, trio, bigactor
+
+    class Talker:
+        def talk(self, n):
+            logging.getLogger("myapp").warning("careful: %d", 7)
+            warnings.warn("deprecated thing")
+            os.write(1, b"straight to fd 1\\n")
+            print("to stderr", file=sys.stderr)
+            for i in range(n):
+                print(f"line {i:06d} " + "x" * 190)
+            print("last words")
+            return time.monotonic()
+
+    async def main():
+        async with bigactor.open_cluster() as cluster:
+            talker = await cluster.spawn(Talker)
+            start = time.monotonic()
+            await talker.talk(int(sys.argv[1]))
+            print(f"DONE {time.monotonic() - start:.2f}", flush=True)
+            await trio.sleep(float(sys.argv[2]))
+
+    trio.run(main)
+"""
+
+
+@pytest.mark.slow
+async def test_worker_output_reaches_stderr_with_levels_and_fd_writes(tmp_path: Path) -> None:
+    """Logging keeps level and logger name; warnings, fd-1 writes and stderr all arrive prefixed."""
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(DRIVER))
+    done = await trio.run_process(
+        [sys.executable, str(script), "3", "0"], capture_stdout=True, capture_stderr=True, cwd=tmp_path
+    )
+    err = done.stderr.decode()
+    prefix = next(line.split(": ")[0] for line in err.splitlines() if "straight to fd 1" in line)
+    for text in (
+        "WARNING myapp: careful: 7",
+        "deprecated thing",
+        "straight to fd 1",
+        "to stderr",
+        "last words",
+    ):
+        assert any(line.startswith(prefix + ": ") and text in line for line in err.splitlines()), text
+
+
+@pytest.mark.slow
+async def test_a_driver_that_stops_reading_never_blocks_its_workers(tmp_path: Path) -> None:
+    """With the driver's stderr unread, a worker printing 4 MB still finishes its call."""
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(DRIVER))
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(script), "20000", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        out = b""
+        with trio.fail_after(60):  # the call returns although nobody reads stderr
+            while b"DONE" not in out:
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, "the driver ended before its call returned"
+                out += chunk
+        err = b""
+        with trio.fail_after(60):
+            while chunk := await proc.stderr.receive_some(1 << 16):
+                err += chunk
+        await proc.wait()
+        text = err.decode()
+        assert "of output dropped" in text
+        assert "last words" in text  # the newest output survives
+    finally:
+        proc.kill()
+        await proc.wait()
