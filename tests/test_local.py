@@ -457,3 +457,34 @@ async def test_forked_worker_sees_its_environ_and_cwd() -> None:
         env = await m.call("probe.environ", "BIGACTOR_FORKED")
         assert env["BIGACTOR_FORKED"] == "yes"
         assert await m.call("probe.cwd") == os.getcwd()
+
+
+TESTS_DIR = str(Path(__file__).resolve().parent)
+FLAGS_DRIVER = """
+    import sys, bigactor, trio
+
+    async def main():
+        async with bigactor.open_cluster() as cluster:
+            import flagged_module  # importable on the workers: sys.path travels with them
+            [m] = await cluster.start(
+                1, bigactor.Services(reader=flagged_module.Reader()),
+                bigactor.Environ({"BIGACTOR_IMPORT_TIME": "from-environ"}),
+            )
+            print(*await m.call("reader.seen"))
+
+    bigactor.run(main)
+"""
+
+
+async def test_modules_reading_flags_at_import_see_the_drivers_argv_and_environ(tmp_path: Path) -> None:
+    """A worker imports user modules after the driver's argv and Environ are in place."""
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(FLAGS_DRIVER))
+    done = await trio.run_process(
+        [sys.executable, str(script), "--mode=fast", "--bigactor-log-level=warning"],
+        capture_stdout=True,
+        capture_stderr=True,
+        env={**os.environ, "PYTHONPATH": TESTS_DIR},
+        cwd=tmp_path,
+    )
+    assert done.stdout.decode().split() == ["fast", "from-environ"]
