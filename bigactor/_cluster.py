@@ -8,6 +8,7 @@ an actor call through.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any
 
 import trio
@@ -20,6 +21,7 @@ from ._system import KeepaliveConfig, System
 
 log = logging.getLogger("bigactor")
 OUTPUT_GRACE = 2.0
+STOPPED_KEPT = 100
 
 
 class Cluster:
@@ -43,6 +45,8 @@ class Cluster:
         self._machines: dict[str, Machine] = {}
         self._names: dict[str, tuple[str, dict[str, str]]] = {}
         self._closed = False
+        #: the last machines that stopped, kept for status() (with their errors)
+        self._stopped: deque[Machine] = deque(maxlen=STOPPED_KEPT)
         #: where the debug pages are served (``open_cluster(debug_address=...)``), or None
         self.debug_url: str | None = None
 
@@ -62,6 +66,7 @@ class Cluster:
     def _forget(self, machine: Machine) -> None:
         if self._machines.get(machine.addr) is machine:
             del self._machines[machine.addr]
+            self._stopped.append(machine)
 
     async def start(self, n: int, *params: Services | Environ) -> list[Machine]:
         """Start up to ``n`` machines hosting the given services; return them at once.
@@ -192,8 +197,9 @@ class Cluster:
 
     async def status(self) -> list[dict[str, Any]]:
         """Every machine's state and what it reports (uptime, memory, disk, load, actors,
-        per-method counters), as plain data sorted by address. See ``bigactor._status``."""
-        return await _status.status(self.machines())
+        per-method counters), as plain data sorted by address; the last machines that stopped
+        are listed too, with their errors. See ``bigactor._status``."""
+        return await _status.status([*self._stopped, *self.machines()])
 
     async def profile(self, seconds: float, machine: str | None = None) -> _status.Profile:
         """A CPU profile taken on every running machine (or only ``machine``) at once for

@@ -95,7 +95,7 @@ async def status(machines: Sequence[Machine]) -> list[dict[str, Any]]:
             "error": str(m.error) if m.error else None,
             "owned": m.owned,
             "hostname": m.hostname,
-            "keepalive_next": m.next_keepalive or None,
+            "keepalive_next": (m.next_keepalive or None) if m.state == State.RUNNING else None,
             "keepalive_reply_ms": [round(t * 1e3, 3) for t in m.keepalive_reply_times],
             "client": m.metrics.snapshot(),
         }

@@ -68,8 +68,10 @@ async def test_status_reports_each_machine_with_its_own_uptime_and_counters() ->
         assert entry["keepalive_reply_ms"]
         json.dumps(entry)  # plain data
         m.cancel()
-        [stopped] = await cluster.status() or [None]
-        assert stopped is None or stopped["state"] == "STOPPED"
+        [stopped] = await cluster.status()  # a stopped machine stays listed, with its cause
+        assert stopped["addr"] == m.addr
+        assert stopped["state"] == "STOPPED"
+        assert "cancelled by the caller" in stopped["error"]
 
 
 async def test_merged_profile_holds_frames_that_ran_only_on_workers(tmp_path: Path) -> None:

@@ -82,3 +82,19 @@ async def test_unhealthy_worker_is_logged_once_per_episode_with_what_it_holds(
     assert len(warnings) == 1
     assert warnings[0].levelname == "WARNING"
     assert "live objects by type" in warnings[0].getMessage()
+
+
+async def test_unhealthy_local_worker_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """On real processes too: one warning, naming the machine, across many keepalives."""
+    from bigactor.supervisor import WatchdogConfig
+
+    async with bigactor.open_cluster(
+        keepalive=bigactor.KeepaliveConfig(period=0.2, timeout=5, rpc_timeout=2),
+        watchdog=WatchdogConfig(tick=0.1, unhealthy_memory_percent=0.0),
+    ) as cluster:
+        [m] = await cluster.start(1, Services(hog=Hog()))
+        await trio.sleep(2.0)  # real time: keepalives go out every 0.1 s
+        assert len(m.keepalive_reply_times) == 10  # the ring of the last ten is full
+    warnings = [r for r in caplog.records if "unhealthy" in r.getMessage()]
+    assert len(warnings) == 1
+    assert m.addr in warnings[0].getMessage()
