@@ -26,7 +26,6 @@ remote traceback travels as a PEP 678 note and as ``RemoteError.remote_traceback
 
 from __future__ import annotations
 
-import pickle
 from typing import Any, ClassVar
 
 import trio
@@ -190,11 +189,3 @@ def as_remote(exc: BaseException, type_name: str, remote_traceback: str, addr: s
     if remote_traceback:
         out.add_note(f"remote traceback (machine {addr}):\n{remote_traceback.rstrip()}")
     return out
-
-
-def check_picklable(exc: BaseException) -> bool:
-    """Return whether ``exc`` survives a pickle round trip with its type intact."""
-    try:
-        return type(pickle.loads(pickle.dumps(exc))) is type(exc)
-    except Exception:
-        return False

@@ -111,14 +111,11 @@ class Machine:
         self._next_keepalive = 0.0
         self._shutting_down = False
         self._healthy = True
-        self._exited = trio.Event()
         self._tail_done = trio.Event()
-        self._marker_seen = False
         self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
         self.output = Output(f"{addr}: ")
         #: caller-side counters of every method called on this machine
         self.metrics = Registry()
-        self.info_: Info | None = None
 
     def __repr__(self) -> str:
         return f"<Machine {self.addr} {self._state}{' owned' if self.owned else ''}>"
@@ -261,7 +258,6 @@ class Machine:
     async def _watch_exit(self) -> None:
         assert self._instance is not None
         how = await self._instance.wait_exit()
-        self._exited.set()
         # The output usually ends first; give the tail a moment so the error can quote it.
         with trio.move_on_after(0.05):
             await self._tail_done.wait()
@@ -284,7 +280,6 @@ class Machine:
                 if text:
                     self.last_lines.append(text)
                     self.output.line(text)
-                self._marker_seen = True
                 self._tail_done.set()
                 return
             self.last_lines.append(text)
@@ -302,7 +297,7 @@ class Machine:
         conn = await self._connection(booting=True)
         del conn
         self.output.start_printing()  # what came before was the interpreter starting
-        self.info_ = await self._raw_call("Supervisor.info")
+        await self._raw_call("Supervisor.info")  # the first call: the worker answers
         for name, blob in self._services.items():
             try:
                 await self._raw_call("Supervisor.register", name, blob)
