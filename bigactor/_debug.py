@@ -10,7 +10,8 @@ default:
   it with ``pstats`` or snakeviz), collapsed stacks for flame graphs (flamegraph.pl,
   speedscope), or the top functions as text. An unknown ``machine`` is a 404, never a dial.
 * ``/debug/bigactor/stacks``: every machine's threads and Trio task tree, as text.
-* ``/debug/bigactor/vars``: per-method counters on both sides of every call, as JSON.
+* ``/debug/bigactor/vars``: per-method counters on both sides of every call, as JSON;
+  ``/debug/bigactor/metrics``: the same in Prometheus text exposition.
 
 It serves JSON, HTML and text only (it decodes nothing it is sent beyond the request line).
 Anyone who can reach it can read the cluster's state and start profiles: keep it on loopback.
@@ -114,6 +115,42 @@ th {{ background: #eee; }} .RUNNING {{ color: green; }} .STOPPED {{ color: #b00;
 """
 
 
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(machines: list[dict[str, Any]]) -> str:
+    """The status entries as Prometheus text exposition (format 0.0.4)."""
+    series: dict[str, list[str]] = {
+        "bigactor_machine_up": [],
+        "bigactor_machine_rss_bytes": [],
+        "bigactor_calls_total": [],
+        "bigactor_call_errors_total": [],
+        "bigactor_call_seconds_total": [],
+        "bigactor_call_request_bytes_total": [],
+        "bigactor_call_reply_bytes_total": [],
+    }
+    for m in machines:
+        machine = f'machine="{_label(m["addr"])}"'
+        series["bigactor_machine_up"].append(f"{{{machine}}} {int(m['state'] == 'RUNNING')}")
+        if "memory" in m:
+            series["bigactor_machine_rss_bytes"].append(f"{{{machine}}} {m['memory']['rss']}")
+        for side in ("client", "server"):
+            for method, c in m.get(side, {}).items():
+                labels = f'{{{machine},side="{side}",method="{_label(method)}"}}'
+                series["bigactor_calls_total"].append(f"{labels} {c['count']}")
+                series["bigactor_call_errors_total"].append(f"{labels} {c['errors']}")
+                series["bigactor_call_seconds_total"].append(f"{labels} {c['seconds']:.6f}")
+                series["bigactor_call_request_bytes_total"].append(f"{labels} {c['bytes_in']}")
+                series["bigactor_call_reply_bytes_total"].append(f"{labels} {c['bytes_out']}")
+    out = []
+    for name, samples in series.items():
+        kind = "gauge" if name.startswith("bigactor_machine_") else "counter"
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{sample}" for sample in samples)
+    return "\n".join(out) + "\n"
+
+
 async def _route(cluster: Cluster, path: str, query: dict[str, list[str]]) -> Reply:
     page = path.removeprefix(PREFIX)
     arg = {k: v[-1] for k, v in query.items()}
@@ -135,6 +172,9 @@ async def _route(cluster: Cluster, path: str, query: dict[str, list[str]]) -> Re
                 },
             }
         )
+    if page == "metrics":
+        text = prometheus_text(await cluster.status())
+        return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode(), []
     if page == "stacks":
         stacks = await cluster.stacks()
         return _text(200, "".join(f"== {addr}\n{text}\n" for addr, text in sorted(stacks.items())))

@@ -35,6 +35,7 @@ class MethodStats:
             "errors": self.errors,
             "mean_ms": round(self.seconds / self.count * 1e3, 3) if self.count else 0.0,
             "max_ms": round(self.max_seconds * 1e3, 3),
+            "seconds": self.seconds,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
         }

@@ -132,6 +132,16 @@ async def test_debug_pages_over_http(tmp_path: Path) -> None:
         assert counters["driver"][m.addr]["spinner.spin_async_only_on_worker"]["count"] == 1
         assert counters["machines"][m.addr]["server"]["spinner.spin_async_only_on_worker"]["count"] == 1
 
+        status, ctype, body = await get(url + "metrics")
+        assert ctype.startswith("text/plain; version=0.0.4")
+        text = body.decode()
+        assert "# TYPE bigactor_calls_total counter" in text
+        assert (
+            f'bigactor_calls_total{{machine="{m.addr}",side="server",'
+            'method="spinner.spin_async_only_on_worker"} 1'
+        ) in text
+        assert f'bigactor_machine_up{{machine="{m.addr}"}} 1' in text
+
         status, _, body = await get(url + "stacks")
         assert status == 200
         assert "trio tasks:" in body.decode()
