@@ -43,6 +43,18 @@ log = logging.getLogger("bigactor.local")
 _FRESH_PREFIXES = ("PYTHON", "LD_", "MALLOC_")
 
 
+def _raise_fd_limit(want: int = 65536) -> None:
+    """Each local machine holds three descriptors in the driver (its connection, lifeline and
+    output pipe): raise the soft limit toward the hard one so hundreds of machines fit."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _describe(pid: int, code: int | None) -> str:
     if code is None:
         return f"worker process {pid} was lost with the fork server"
@@ -249,6 +261,7 @@ class LocalSystem(System):
     async def setup(self, nursery: trio.Nursery, key: bytes) -> None:
         self.key = key
         self._nursery = nursery
+        _raise_fd_limit()
         self._dir = tempfile.mkdtemp(prefix="bigactor-")  # mode 0700: only this user enters
 
     async def start(self, n: int, env: dict[str, str]) -> list[Instance]:
