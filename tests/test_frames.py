@@ -79,3 +79,39 @@ async def test_websocket_limit_and_large_messages_over_memory_streams() -> None:
             await client.get_message()
         assert info.value.code == 1009
     assert got == [b"head" + payload]
+
+
+async def test_direct_writes_keep_messages_whole_and_in_order_when_the_socket_fills() -> None:
+    """try_send on a full socket leaves a backlog that is sent first: messages stay whole, in order."""
+    import socket
+
+    import trio
+
+    from bigactor._rpc._websocket import WebSocket
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sender = WebSocket(trio.SocketStream(trio.socket.from_stdlib_socket(a)), client=True)
+    receiver = WebSocket(trio.SocketStream(trio.socket.from_stdlib_socket(b)), client=False)
+    receiver.max_message = 1 << 20
+    sent: list[bytes] = []
+    i = 0
+    while not sender.backlog:  # fill the kernel buffer until a write is only partly taken
+        message = i.to_bytes(4, "big") * 15_000  # 60 KB each
+        if sender.try_send([message]):
+            sent.append(message)
+        else:
+            break
+        i += 1
+    assert sender.backlog, "the socket never filled"
+    more = [bytes([7]) * 100, bytes([8]) * 50_000]
+    async with trio.open_nursery() as nursery:
+
+        async def send_more() -> None:
+            for m in more:
+                await sender.send_message([m])  # the backlog goes out first
+
+        nursery.start_soon(send_more)
+        got = [bytes(await receiver.get_message()) for _ in range(len(sent) + len(more))]
+    assert got == sent + more
+    await sender.aclose()
+    await receiver.aclose()
