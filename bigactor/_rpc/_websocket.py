@@ -22,7 +22,6 @@ import hashlib
 import os
 import socket
 import struct
-import sys
 from collections.abc import Sequence
 
 import trio
@@ -130,6 +129,19 @@ async def server_upgrade(stream: trio.abc.Stream) -> WebSocket:
         b"Sec-WebSocket-Accept: " + _accept(key) + b"\r\n\r\n"
     )
     return WebSocket(stream, client=False, data=rest)
+
+
+def _unexported(buf: bytearray) -> bool:
+    """Whether no memoryview of ``buf`` is alive: a bytearray with live views cannot resize.
+
+    (A reference count would say the same, but what it counts differs between Python versions.)
+    """
+    try:
+        buf.append(0)
+    except BufferError:
+        return False
+    del buf[-1]
+    return True
 
 
 class WebSocket:
@@ -277,8 +289,7 @@ class WebSocket:
         keeps its message alive, and then a new buffer is made).
         """
         spare = self._spare
-        # Two references mean only ours (and getrefcount's argument): no view is alive.
-        if spare is not None and len(spare) >= n and sys.getrefcount(spare) == 3:
+        if spare is not None and len(spare) >= n and _unexported(spare):
             return memoryview(spare)[:n]
         out = bytearray(n)
         self._spare = out if n <= MAX_SPARE else None
