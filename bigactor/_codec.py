@@ -13,18 +13,18 @@ Large buffers travel out of band (pickle protocol 5): a ``bytes``, ``bytearray``
 ``memoryview`` of at least ``OOB_MIN`` bytes, as a value, an argument, or an element of a
 top-level list, tuple or dict, is not copied into the pickle but sent as it is after it::
 
-    OOB payload = count: u32 | length: u64 x count | pickle | buffer 0 | buffer 1 | ...
+    OOB payload = count: u32 | length: u64 x count | pickle     (then: buffer 0, buffer 1, ...)
 
-The receiver reads such a message into one buffer and hands the pickle slices of it: a
-``memoryview`` arrives as a view of the received bytes (no copy); ``bytes`` and ``bytearray``
-are rebuilt from it with one copy, so the value comes back with its own type.
+Each buffer travels as a websocket message of its own right after its frame's message, and the
+receiver reads it straight into a ``bytes`` object of its own: a ``bytes`` value arrives as that
+very object and a ``memoryview`` as a view of it (no copy at all); a ``bytearray`` is rebuilt
+with one copy, so every value comes back with its own type.
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import dill
@@ -41,10 +41,25 @@ _U64 = struct.Struct("<Q")
 
 
 class Payload(NamedTuple):
-    """An encoded value: the pieces to send back to back, and the frame flags they need."""
+    """An encoded value: the frame's pieces, its flags, and its out-of-band buffers (each sent
+    as a websocket message of its own right after the frame's message)."""
 
     pieces: list[Piece]
     flags: int
+    buffers: tuple[memoryview, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.pieces) + sum(b.nbytes for b in self.buffers)
+
+
+def _bytes_from(buffer: Any) -> bytes:
+    """Rebuild an out-of-band ``bytes``: the received object itself when the buffer is all of
+    one (the receiver reads each buffer into a ``bytes`` of its own), else a copy."""
+    whole = getattr(buffer, "obj", None)
+    if type(whole) is bytes and buffer.nbytes == len(whole):
+        return whole
+    return bytes(buffer)
 
 
 class _Buffer:
@@ -56,7 +71,8 @@ class _Buffer:
         self.data = data
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return (type(self.data), (pickle.PickleBuffer(self.data),))
+        t = type(self.data)
+        return (_bytes_from if t is bytes else t, (pickle.PickleBuffer(self.data),))
 
 
 def _is_big(v: Any) -> bool:
@@ -187,9 +203,9 @@ def _pickle(value: Any, kind: int) -> Payload:
         body = dill.dumps(value, protocol=PROTOCOL, recurse=True, buffer_callback=buffers.append)
     if not buffers:
         return Payload([body], 0)
-    views = [b.raw() for b in buffers]
+    views = tuple(b.raw() for b in buffers)
     head = _U32.pack(len(views)) + b"".join(_U64.pack(v.nbytes) for v in views)
-    return Payload([head, body, *views], OOB)
+    return Payload([head, body], OOB, views)
 
 
 def encode(value: Any, what: str = "value") -> Payload:
@@ -201,22 +217,26 @@ def encode(value: Any, what: str = "value") -> Payload:
         raise CodecError(f"cannot serialise {what}: {type(exc).__name__}: {exc}", path) from exc
 
 
-def decode(data: memoryview, flags: int) -> Any:
-    """Decode a frame payload made by :func:`encode`. Only ever on authenticated bytes."""
+def oob_lengths(data: memoryview) -> list[int]:
+    """The lengths of the out-of-band buffers announced at the start of an OOB payload."""
+    (n,) = _U32.unpack_from(data, 0)
+    if len(data) < _U32.size + _U64.size * n:
+        raise ValueError("truncated out-of-band header")
+    return [_U64.unpack_from(data, _U32.size + _U64.size * i)[0] for i in range(n)]
+
+
+def decode(data: Any, flags: int) -> Any:
+    """Decode what :func:`encode` made: a payload, or for OOB a (payload, buffers) pair.
+
+    Only ever on authenticated bytes.
+    """
     if not flags & OOB:
         return pickle.loads(data)
-    (n,) = _U32.unpack_from(data, 0)
-    pos = _U32.size + _U64.size * n
-    lengths = [_U64.unpack_from(data, _U32.size + _U64.size * i)[0] for i in range(n)]
-    end = len(data) - sum(lengths)
-    if end < pos:
-        raise ValueError("out-of-band buffers longer than their payload")
-    buffers: list[Sequence[int]] = []
-    at = end
-    for length in lengths:
-        buffers.append(data[at : at + length])
-        at += length
-    return pickle.loads(data[pos:end], buffers=buffers)
+    payload, buffers = data
+    lengths = oob_lengths(payload)
+    if lengths != [memoryview(b).nbytes for b in buffers]:
+        raise ValueError("out-of-band buffers do not match their announcement")
+    return pickle.loads(payload[_U32.size + _U64.size * len(lengths) :], buffers=buffers)
 
 
 def encode_call(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:

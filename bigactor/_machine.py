@@ -415,9 +415,9 @@ class Machine:
             conn = await self._connection(booting)
             kind, flags, data = await conn.call(payload)
         except TransportError as exc:
-            stat.record(time.perf_counter() - start, False, payload_size(payload.pieces), 0)
+            stat.record(time.perf_counter() - start, False, payload.size, 0)
             raise await self._classify(exc) from None
-        stat.record(time.perf_counter() - start, kind == Kind.REPLY, payload_size(payload.pieces), len(data))
+        stat.record(time.perf_counter() - start, kind == Kind.REPLY, payload.size, payload_size(data))
         if kind == Kind.REPLY:
             try:
                 return _codec.decode(data, flags)

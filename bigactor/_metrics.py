@@ -57,8 +57,9 @@ class Registry:
         return {name: s.snapshot() for name, s in sorted(self.methods.items())}
 
 
-def payload_size(pieces: Any) -> int:
-    """Bytes of a payload given as bytes-like or a list of bytes-likes."""
-    if isinstance(pieces, (bytes, bytearray, memoryview)):
-        return len(pieces)
-    return sum(len(p) for p in pieces)
+def payload_size(data: Any) -> int:
+    """Bytes of a received payload: bytes-like, or (payload, out-of-band buffers)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return len(data)
+    payload, buffers = data
+    return len(payload) + sum(len(b) for b in buffers)

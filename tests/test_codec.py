@@ -69,7 +69,10 @@ def _round_trip(value: object) -> object:
 
     payload = encode(value)
     data = memoryview(b"".join(bytes(p) for p in payload.pieces))
-    return decode(data, payload.flags)
+    if not payload.buffers:
+        return decode(data, payload.flags)
+    # What a receiver has: the frame's payload, and each buffer as an object of its own.
+    return decode((data, [memoryview(bytes(b)) for b in payload.buffers]), payload.flags)
 
 
 BIG = bytes(range(256)) * 1024  # 256 KiB: above OOB_MIN
@@ -81,7 +84,9 @@ def test_large_buffers_go_out_of_band_and_keep_their_types() -> None:
 
     payload = encode(("echo.echo", (BIG,), {}))
     assert payload.flags & OOB
-    assert any(p is not None and len(p) == len(BIG) and not isinstance(p, bytes) for p in payload.pieces)
+    assert [b.nbytes for b in payload.buffers] == [len(BIG)]  # not copied into the pickle
+    assert payload.buffers[0].obj is BIG
+    assert sum(len(p) for p in payload.pieces) < 1024
     for value in [BIG, bytearray(BIG), [1, BIG], {"k": bytearray(BIG)}, ("t", (BIG, 2), {})]:
         back = _round_trip(value)
         assert back == value
@@ -89,6 +94,18 @@ def test_large_buffers_go_out_of_band_and_keep_their_types() -> None:
     view = _round_trip(memoryview(BIG))
     assert isinstance(view, memoryview)
     assert view == memoryview(BIG)
+
+
+def test_out_of_band_bytes_decode_to_the_received_object_itself() -> None:
+    """A received buffer that is a whole bytes object becomes the value, with no copy."""
+    from bigactor._codec import decode, encode
+
+    payload = encode(BIG)
+    received = bytes(BIG)  # what the websocket layer receives into
+    back = decode(
+        (memoryview(b"".join(bytes(p) for p in payload.pieces)), [memoryview(received)]), payload.flags
+    )
+    assert back is received
 
 
 def test_out_of_band_buffers_work_inside_values_that_need_dill() -> None:

@@ -87,18 +87,24 @@ async def test_malformed_frames_close_that_connection_only_with_a_logged_reason(
     """Garbage and truncated frames close the offending connection; the worker logs why and serves on."""
     truncated = _frames.HEADER.pack(Kind.CALL, 0, 1, 100) + b"x" * 10
     unknown_kind = _frames.HEADER.pack(99, 0, 1, 0)
+    # A call announcing one out-of-band buffer of 10 bytes.
+    oob = (1).to_bytes(4, "little") + (10).to_bytes(8, "little") + b"pickle"
+    oob_frame = _frames.HEADER.pack(Kind.CALL, _frames.OOB, 1, len(oob)) + oob
     cases = [
-        (b"garbage", "truncated frame header"),
-        (truncated, "payload of 100 bytes, 10 left"),
-        (unknown_kind, "unknown frame kind 99"),
+        ([b"garbage"], "truncated frame header"),
+        ([truncated], "payload of 100 bytes, 10 left"),
+        ([unknown_kind], "unknown frame kind 99"),
+        ([oob_frame + _frames.HEADER.pack(Kind.CANCEL, 0, 1, 0)], "must end its message"),
+        ([oob_frame, b"short"], "out-of-band buffer of 5 bytes, 10 announced"),
     ]
     async with bigactor.open_cluster(log_level=logging.WARNING) as cluster:
         [m] = await cluster.start(1, Services(echo=Echo()))
         assert await m.call("echo.echo", 1) == 1
-        for message, reason in cases:
+        for messages, reason in cases:
             async with trio.open_nursery() as nursery:
                 conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
-                await conn._ws.send_message(message)
+                for message in messages:
+                    await conn._ws.send_message(message)
                 with trio.fail_after(5):
                     await conn._done.wait()
                 assert conn.broken
@@ -110,7 +116,7 @@ async def test_malformed_frames_close_that_connection_only_with_a_logged_reason(
             with trio.fail_after(5):
                 line = await wait_for_line(m, "closing connection", reason)
             assert "WARNING" in line
-            assert await m.call("echo.echo", message) == message
+            assert await m.call("echo.echo", messages) == messages
         assert m.state == State.RUNNING
 
 

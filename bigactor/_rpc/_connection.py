@@ -17,6 +17,7 @@ every pending call on it fails with the connection's error at once.
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import outcome
 import trio
 
-from .._codec import Payload
+from .._codec import OOB, Payload, oob_lengths
 from .._errors import ProtocolError, TransportError
 from . import _frames
 from ._frames import Kind
@@ -71,7 +72,7 @@ class Connection:
         self._ws = ws
         self._dispatcher = dispatcher
         self._on_close = on_close
-        self._outbox: deque[tuple[int, list[_frames.Piece]]] = deque()
+        self._outbox: deque[tuple[int, list[_frames.Piece], tuple[memoryview, ...]]] = deque()
         self._wakeup = trio.Event()
         self._pending: dict[int, trio.lowlevel.Task] = {}
         self._streams: dict[int, _Stream] = {}
@@ -87,20 +88,30 @@ class Connection:
     # -- sending ------------------------------------------------------------------------------
 
     def send(
-        self, kind: Kind, call_id: int, payload: _frames.Piece | Sequence[_frames.Piece] = b"", flags: int = 0
+        self,
+        kind: Kind,
+        call_id: int,
+        payload: _frames.Piece | Sequence[_frames.Piece] = b"",
+        flags: int = 0,
+        buffers: Sequence[memoryview] = (),
     ) -> None:
-        """Queue one frame (chunked if large); never blocks."""
+        """Queue one frame (chunked if large) and its out-of-band buffers; never blocks."""
         if self.error is not None:
             return
         frames = _frames.encode(kind, call_id, payload, flags)
-        if not self._outbox and len(frames) == 1 and self._ws.try_send(frames[0]):
+        if not buffers and not self._outbox and len(frames) == 1 and self._ws.try_send(frames[0]):
             # Written at once (nothing queued before it, so order holds).
             if self._ws.backlog:
                 self._wakeup.set()
             return
-        for frame in frames:
-            self._outbox.append((sum(len(p) for p in frame), frame))
+        for frame in frames[:-1]:
+            self._outbox.append((sum(len(p) for p in frame), frame, ()))
+        self._outbox.append((sum(len(p) for p in frames[-1]), frames[-1], tuple(buffers)))
         self._wakeup.set()
+
+    def send_payload(self, kind: Kind, call_id: int, payload: Payload, flags: int = 0) -> None:
+        """Queue an encoded value (see _codec.encode) as one frame and its buffers."""
+        self.send(kind, call_id, payload.pieces, payload.flags | flags, payload.buffers)
 
     async def _sender(self) -> None:
         while True:
@@ -111,52 +122,89 @@ class Connection:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            size, parts = self._outbox.popleft()
+            size, parts, buffers = self._outbox.popleft()
             more: list[_frames.Piece] = []
-            while self._outbox and size + self._outbox[0][0] <= MAX_MESSAGE:
-                n, more = self._outbox.popleft()
+            # A frame with out-of-band buffers ends its message: the buffers follow it at once.
+            while not buffers and self._outbox and size + self._outbox[0][0] <= MAX_MESSAGE:
+                n, more, buffers = self._outbox.popleft()
                 size += n
                 parts.extend(more)
             await self._ws.send_message(parts)
-            # Drop our references now: a large buffer must not live on until the next send.
             del parts, more
+            while buffers:
+                await self._ws.send_message(buffers[0])
+                buffers = buffers[1:]
+            # No reference left behind: a large buffer must not live on until the next send.
 
     # -- receiving ----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
         while True:
             message = await self._ws.get_message()
-            self._dispatch_all(message)
+            waiting = self._dispatch_all(message)
             # Drop our reference now: a large message must not live on until the next one.
             del message
+            if waiting is not None:
+                await self._read_buffers(waiting)
+                del waiting
 
-    def _dispatch_all(self, message: bytes | memoryview) -> None:
-        for frame in _frames.decode(message):
+    def _dispatch_all(self, message: bytes | memoryview) -> _frames.Frame | None:
+        """Dispatch a message's frames; return its last frame if it waits for buffers."""
+        frames = list(_frames.decode(message))
+        for i, frame in enumerate(frames):
+            if frame[1] & OOB and not frame[1] & _frames.MORE:
+                if i != len(frames) - 1:
+                    raise ProtocolError("a frame with out-of-band buffers must end its message")
+                return frame
             self._dispatch(frame)
+        return None
 
-    def _dispatch(self, frame: _frames.Frame) -> None:
+    async def _read_buffers(self, frame: _frames.Frame) -> None:
+        """Read the out-of-band buffers that follow ``frame``, then dispatch it with them."""
         kind, flags, call_id, payload = frame
+        if self._partial and call_id in self._partial:
+            payload = self._join(call_id, payload)
+        try:
+            lengths = oob_lengths(payload)
+        except (ValueError, struct.error) as exc:
+            raise ProtocolError(f"malformed out-of-band header: {exc}") from exc
+        buffers = []
+        for length in lengths:
+            buffer = await self._ws.get_message()
+            if len(buffer) != length:
+                raise ProtocolError(f"out-of-band buffer of {len(buffer)} bytes, {length} announced")
+            buffers.append(buffer)
+        self._dispatch((kind, flags & ~OOB, call_id, payload), buffers)
+
+    def _join(self, call_id: int, payload: memoryview) -> memoryview:
+        parts = self._partial.pop(call_id)
+        parts.append(payload)
+        return memoryview(b"".join(parts))
+
+    def _dispatch(self, frame: _frames.Frame, buffers: list[Any] | None = None) -> None:
+        kind, flags, call_id, payload = frame
+        data: Any = payload if buffers is None else (payload, buffers)
+        if buffers is not None:
+            flags |= OOB
         if flags & _frames.MORE:
             self._partial.setdefault(call_id, []).append(payload)
             if sum(len(p) for p in self._partial[call_id]) > (1 << 34):
                 raise ProtocolError("chunked payload larger than 16 GiB")
             return
-        if self._partial and call_id in self._partial:
-            parts = self._partial.pop(call_id)
-            parts.append(payload)
-            payload = memoryview(b"".join(parts))
+        if buffers is None and self._partial and call_id in self._partial:
+            data = payload = self._join(call_id, payload)
         if kind == Kind.REPLY or kind == Kind.ERROR:
             task = self._pending.pop(call_id, None)
             if task is not None:
-                trio.lowlevel.reschedule(task, outcome.Value((kind, flags, payload)))
+                trio.lowlevel.reschedule(task, outcome.Value((kind, flags, data)))
             elif call_id in self._streams:
-                self._stream_item(call_id, kind, flags, payload)
+                self._stream_item(call_id, kind, flags, data)
         elif kind == Kind.STREAM_DATA or kind == Kind.STREAM_END:
-            self._stream_item(call_id, kind, flags, payload)
+            self._stream_item(call_id, kind, flags, data)
         elif self._dispatcher is None:
             raise ProtocolError(f"unexpected {Kind(kind).name} frame on a calling connection")
         elif kind == Kind.CALL:
-            self._dispatcher.call_received(self, call_id, payload, flags)
+            self._dispatcher.call_received(self, call_id, data, flags)
         elif kind == Kind.CANCEL:
             self._dispatcher.cancel_received(call_id)
         elif kind == Kind.CREDIT:
@@ -164,7 +212,7 @@ class Connection:
                 raise ProtocolError("malformed CREDIT frame")
             self._dispatcher.credit_received(call_id, int.from_bytes(payload, "little"))
 
-    def _stream_item(self, call_id: int, kind: int, flags: int, payload: memoryview) -> None:
+    def _stream_item(self, call_id: int, kind: int, flags: int, payload: Any) -> None:
         stream = self._streams.get(call_id)
         if stream is None:
             return  # the caller gave up on this stream; late data is dropped
@@ -249,7 +297,7 @@ class Connection:
         self._next_id += 1
         task = trio.lowlevel.current_task()
         self._pending[call_id] = task
-        self.send(Kind.CALL, call_id, payload.pieces, payload.flags)
+        self.send_payload(Kind.CALL, call_id, payload)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             if self._pending.pop(call_id, None) is not None:
@@ -266,7 +314,7 @@ class Connection:
         call_id = self._next_id
         self._next_id += 1
         self._streams[call_id] = _Stream()
-        self.send(Kind.CALL, call_id, payload.pieces, payload.flags | _frames.STREAM)
+        self.send_payload(Kind.CALL, call_id, payload, _frames.STREAM)
         return call_id
 
     async def next_item(self, call_id: int) -> tuple[int, int, Any]:

@@ -16,6 +16,7 @@ import enum
 import struct
 from collections.abc import Iterator, Sequence
 
+from .. import _codec
 from .._errors import ProtocolError
 
 HEADER = struct.Struct("<BBQI")
@@ -34,7 +35,7 @@ class Kind(enum.IntEnum):
 
 MORE = 1  # flag: payload continues in the next frame of this id
 STREAM = 2  # flag on CALL: the caller iterates the reply as a stream
-OOB = 4  # flag: the payload carries out-of-band buffers (see _codec)
+OOB = _codec.OOB  # flag: out-of-band buffers follow the frame's message (see _codec)
 
 Piece = bytes | bytearray | memoryview
 

@@ -208,7 +208,7 @@ class CallDispatcher:
             return
         stat = self._table.metrics.get(target)
         start = time.perf_counter()
-        size = len(payload)
+        size = payload_size(payload)
         if kind == SYNC:
 
             def done(ok: bool, value: Any) -> None:
@@ -235,8 +235,8 @@ class CallDispatcher:
         if ok:
             try:
                 reply = _codec.encode(value, "the reply")
-                conn.send(Kind.REPLY, call_id, reply.pieces, reply.flags)
-                return payload_size(reply.pieces)
+                conn.send_payload(Kind.REPLY, call_id, reply)
+                return reply.size
             except CodecError as exc:
                 value = exc
         error = encode_error(value)
@@ -313,8 +313,8 @@ class CallDispatcher:
             credit.event = trio.Event()
         credit.n -= 1
         data = _codec.encode(item, "a streamed item")
-        conn.send(Kind.STREAM_DATA, call_id, data.pieces, data.flags)
-        return payload_size(data.pieces)
+        conn.send_payload(Kind.STREAM_DATA, call_id, data)
+        return data.size
 
     def cancel_received(self, call_id: int) -> None:
         scope = self._scopes.get(call_id)

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import hashlib
 import os
+import platform
 import socket
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -35,7 +38,6 @@ RECEIVE = 256 * 1024
 LARGE = 1 << 20  # messages at least this big are received into a buffer of their own
 SMALL_SEND = 64 * 1024  # messages up to this size are joined and sent with one call
 SOCKET_BUFFER = 4 << 20  # kernel send/receive buffer asked for on sockets
-MAX_SPARE = 256 << 20  # a larger receive buffer is not kept for reuse
 
 OP_CONT, OP_BINARY, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x1, 0x8, 0x9, 0xA
 
@@ -131,17 +133,37 @@ async def server_upgrade(stream: trio.abc.Stream) -> WebSocket:
     return WebSocket(stream, client=False, data=rest)
 
 
-def _unexported(buf: bytearray) -> bool:
-    """Whether no memoryview of ``buf`` is alive: a bytearray with live views cannot resize.
+def _new_bytes(n: int) -> tuple[bytes | bytearray, memoryview]:
+    """A new ``n``-byte object to receive into, and a writable view of it.
 
-    (A reference count would say the same, but what it counts differs between Python versions.)
+    On CPython it is a ``bytes``: filled here before anyone else can see it, it then *is* the
+    value an out-of-band ``bytes`` argument or reply decodes to, with no copy (see
+    ``_codec._bytes_from``). Elsewhere it is a ``bytearray``, and decoding copies once.
     """
-    try:
-        buf.append(0)
-    except BufferError:
-        return False
-    del buf[-1]
-    return True
+    if _bytes_from_size is not None:
+        whole: bytes = _bytes_from_size(None, n)
+        # ob_sval, the bytes' characters, end the object: they start one byte (the
+        # terminating NUL) before the end of bytes' fixed part.
+        start = id(whole) + bytes.__basicsize__ - 1
+        return whole, memoryview((ctypes.c_char * n).from_address(start)).cast("B")
+    buffer = bytearray(n)
+    return buffer, memoryview(buffer)
+
+
+def _bytes_allocator() -> Any:
+    if platform.python_implementation() != "CPython":
+        return None
+    fn = ctypes.pythonapi.PyBytes_FromStringAndSize
+    fn.restype = ctypes.py_object
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    # Check the layout assumption once: the characters sit where _new_bytes writes them.
+    probe = fn(b"bigactor", 8)
+    if ctypes.string_at(id(probe) + bytes.__basicsize__ - 1, 8) != b"bigactor":
+        return None
+    return fn
+
+
+_bytes_from_size = _bytes_allocator()
 
 
 class WebSocket:
@@ -163,7 +185,6 @@ class WebSocket:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         self._backlog = b""  # the unsent end of a message try_send began
-        self._spare: bytearray | None = None  # the last large receive buffer, for reuse
         self._client = client
         self._buf = bytearray(data)
         self._pos = 0
@@ -281,23 +302,9 @@ class WebSocket:
         self._pos = start + n
         return bytes(self._buf[start : start + n])
 
-    def _large_buffer(self, n: int) -> memoryview:
-        """A buffer for an ``n``-byte message: the last one if nothing refers to it any more.
-
-        A fresh 64 MiB buffer costs ~40 ms of page faults here; a warm one costs nothing. The
-        spare is reused only when no memoryview of it survives (a decoded ``memoryview`` value
-        keeps its message alive, and then a new buffer is made).
-        """
-        spare = self._spare
-        if spare is not None and len(spare) >= n and _unexported(spare):
-            return memoryview(spare)[:n]
-        out = bytearray(n)
-        self._spare = out if n <= MAX_SPARE else None
-        return memoryview(out)
-
     async def _read_large(self, n: int) -> memoryview:
-        """Read an ``n``-byte payload straight into a buffer of its own."""
-        view = self._large_buffer(n)
+        """Read an ``n``-byte payload straight into a ``bytes`` object of its own."""
+        whole, view = _new_bytes(n)
         have = min(len(self._buf) - self._pos, n)
         view[:have] = self._buf[self._pos : self._pos + have]
         self._pos += have
@@ -311,7 +318,7 @@ class WebSocket:
             if not got:
                 raise WebSocketClosed(1006, "connection closed in the middle of a message")
             have += got
-        return view
+        return memoryview(whole)
 
     async def get_message(self) -> bytes | memoryview:
         """Receive the next binary message; answer pings; raise WebSocketClosed at the end."""
