@@ -164,3 +164,15 @@ async def test_32_mib_argument_and_reply_round_trip(
 
 
 # -- ordering and concurrency ----------------------------------------------------------------
+
+
+async def test_buffer_larger_than_the_message_limit_still_travels(
+    cluster: bigactor.Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An out-of-band buffer may exceed the message limit: its size was announced by its sender."""
+    from bigactor._rpc import _transport
+
+    monkeypatch.setattr(_transport, "MAX_MESSAGE", 1 << 20)  # connections opened from now on
+    machine = await start_one(cluster, svc=Service())
+    data = bytes(range(256)) * (3 * (1 << 20) // 256)
+    assert await machine.call("svc.echo", data) == data

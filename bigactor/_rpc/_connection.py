@@ -170,7 +170,7 @@ class Connection:
             raise ProtocolError(f"malformed out-of-band header: {exc}") from exc
         buffers = []
         for length in lengths:
-            buffer = await self._ws.get_message()
+            buffer = await self._ws.get_message(limit=length)
             if len(buffer) != length:
                 raise ProtocolError(f"out-of-band buffer of {len(buffer)} bytes, {length} announced")
             buffers.append(buffer)

@@ -320,8 +320,13 @@ class WebSocket:
             have += got
         return memoryview(whole)
 
-    async def get_message(self) -> bytes | memoryview:
-        """Receive the next binary message; answer pings; raise WebSocketClosed at the end."""
+    async def get_message(self, limit: int | None = None) -> bytes | memoryview:
+        """Receive the next binary message; answer pings; raise WebSocketClosed at the end.
+
+        ``limit`` overrides ``max_message`` for this message (an out-of-band buffer whose size
+        its authenticated sender announced).
+        """
+        limit = self.max_message if limit is None else limit
         parts: list[bytes | memoryview] = []
         total = 0
         while True:
@@ -352,9 +357,9 @@ class WebSocket:
                     payload = _unmask(memoryview(payload), key)
                 await self._control(opcode, payload)
                 continue
-            if total + n > self.max_message:
-                await self.aclose(1009, f"message larger than {self.max_message} bytes")
-                raise ProtocolError(f"message of more than {self.max_message} bytes")
+            if total + n > limit:
+                await self.aclose(1009, f"message larger than {limit} bytes")
+                raise ProtocolError(f"message of more than {limit} bytes")
             if opcode == OP_TEXT:
                 raise ProtocolError("text message where binary frames were expected")
             if (opcode == OP_CONT) != bool(parts):
