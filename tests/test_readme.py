@@ -1,0 +1,57 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+pytestmark = pytest.mark.slow
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+COUNTER = """
+class Counter:
+    def __init__(self, start=0):
+        self.n = start
+    async def add(self, k):
+        self.n += k
+        return self.n
+"""
+
+
+def _block(marker: str) -> str:
+    match = re.search(r"```python\n(" + re.escape(marker) + r".*?)```", README, re.S)
+    assert match, f"no python block starting with {marker!r} in the README"
+    return match.group(1)
+
+
+async def test_readme_testing_example_passes(tmp_path: Path) -> None:
+    """The "Testing your actors" example passes under pytest with the plugin, as a user runs it."""
+    (tmp_path / "myproject.py").write_text(COUNTER)
+    (tmp_path / "test_counter.py").write_text(_block("# test_counter.py"))
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
+    done = await trio.run_process(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    assert "2 passed" in out
+
+
+async def test_readme_usage_example_runs(tmp_path: Path) -> None:
+    """The "Use it in your project" example runs on the local system and prints what it says."""
+    script = tmp_path / "usage.py"
+    script.write_text(_block("import trio\nimport bigactor\n"))
+    done = await trio.run_process(
+        [sys.executable, str(script)], cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split("\n")[:3] == ["15", "[16, 17, 18]", "1"]
