@@ -49,6 +49,13 @@ Failure model
     re-sends retriable failures with backoff. An argument that cannot be serialised raises
     :class:`CodecError` in the caller, naming the culprit, before anything is sent.
 
+One program
+    Every line a worker prints reaches the driver's stderr prefixed with its address; the
+    driver's ``sys.argv`` and ``Environ`` are the workers'. ``cluster.status()``,
+    ``cluster.profile(seconds)`` (merged over all machines) and ``cluster.stacks()`` show the
+    cluster as one program, and ``open_cluster(debug_address=...)`` serves the same over HTTP
+    (``python -m bigactor status|profile|stacks URL`` reads it from a terminal).
+
 Security
     Every connection is authenticated with a per-cluster key before anything it carries is
     deserialised; local workers listen on Unix sockets only the driver's user can reach.
