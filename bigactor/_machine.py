@@ -274,16 +274,15 @@ class Machine:
         assert self._instance is not None
 
         def line(text: str) -> None:
-            if text.endswith(SYNC_MARKER):
-                # The marker may follow output that did not end its line.
+            # The marker may follow output that did not end its line.
+            marker = text.endswith(SYNC_MARKER)
+            if marker:
                 text = text[: -len(SYNC_MARKER)]
-                if text:
-                    self.last_lines.append(text)
-                    self.output.line(text)
+            if text or not marker:
+                self.last_lines.append(text)
+                self.output.line(text)
+            if marker:
                 self._tail_done.set()
-                return
-            self.last_lines.append(text)
-            self.output.line(text)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.output.run)

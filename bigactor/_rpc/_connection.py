@@ -150,14 +150,15 @@ class Connection:
 
     def _dispatch_all(self, message: bytes | memoryview) -> _frames.Frame | None:
         """Dispatch a message's frames; return its last frame if it waits for buffers."""
-        frames = list(_frames.decode(message))
-        for i, frame in enumerate(frames):
+        waiting = None
+        for frame in _frames.decode(message):
+            if waiting is not None:
+                raise ProtocolError("a frame with out-of-band buffers must end its message")
             if frame[1] & OOB and not frame[1] & _frames.MORE:
-                if i != len(frames) - 1:
-                    raise ProtocolError("a frame with out-of-band buffers must end its message")
-                return frame
-            self._dispatch(frame)
-        return None
+                waiting = frame
+            else:
+                self._dispatch(frame)
+        return waiting
 
     async def _read_buffers(self, frame: _frames.Frame) -> None:
         """Read the out-of-band buffers that follow ``frame``, then dispatch it with them."""
@@ -174,7 +175,7 @@ class Connection:
             if len(buffer) != length:
                 raise ProtocolError(f"out-of-band buffer of {len(buffer)} bytes, {length} announced")
             buffers.append(buffer)
-        self._dispatch((kind, flags & ~OOB, call_id, payload), buffers)
+        self._dispatch((kind, flags, call_id, payload), buffers)
 
     def _join(self, call_id: int, payload: memoryview) -> memoryview:
         parts = self._partial.pop(call_id)
@@ -184,8 +185,6 @@ class Connection:
     def _dispatch(self, frame: _frames.Frame, buffers: list[Any] | None = None) -> None:
         kind, flags, call_id, payload = frame
         data: Any = payload if buffers is None else (payload, buffers)
-        if buffers is not None:
-            flags |= OOB
         if flags & _frames.MORE:
             self._partial.setdefault(call_id, []).append(payload)
             if sum(len(p) for p in self._partial[call_id]) > (1 << 34):

@@ -213,8 +213,7 @@ class CallDispatcher:
 
             def done(ok: bool, value: Any) -> None:
                 self._jobs.pop(call_id, None)
-                sent = self._reply(conn, call_id, ok, value)
-                stat.record(time.perf_counter() - start, ok and sent > 0, size, abs(sent))
+                self._reply(conn, call_id, ok, value, stat, start, size)
 
             job = _Job(fn, args, kwargs, done)
             self._jobs[call_id] = job
@@ -230,18 +229,22 @@ class CallDispatcher:
                 self._run_stream, conn, call_id, actor, fn, args, kwargs, kind, stat, start, size
             )
 
-    def _reply(self, conn: Connection, call_id: int, ok: bool, value: Any) -> int:
-        """Send the reply (or error); return its size in bytes, negative for an error."""
+    def _reply(
+        self, conn: Connection, call_id: int, ok: bool, value: Any, stat: MethodStats, start: float, size: int
+    ) -> None:
+        """Send the reply (or the error) and count the call: ``size`` request bytes since ``start``."""
         if ok:
             try:
                 reply = _codec.encode(value, "the reply")
-                conn.send_payload(Kind.REPLY, call_id, reply)
-                return reply.size
             except CodecError as exc:
                 value = exc
+            else:
+                conn.send_payload(Kind.REPLY, call_id, reply)
+                stat.record(time.perf_counter() - start, True, size, reply.size)
+                return
         error = encode_error(value)
         conn.send(Kind.ERROR, call_id, error)
-        return -len(error)
+        stat.record(time.perf_counter() - start, False, size, len(error))
 
     async def _run_async(
         self,
@@ -258,13 +261,11 @@ class CallDispatcher:
             try:
                 value = await fn(*args, **kwargs)
             except Exception as exc:
-                sent = self._reply(conn, call_id, False, exc)
-                stat.record(time.perf_counter() - start, False, size, -sent)
+                self._reply(conn, call_id, False, exc, stat, start, size)
                 return
             finally:
                 del self._scopes[call_id]
-            sent = self._reply(conn, call_id, True, value)
-            stat.record(time.perf_counter() - start, sent > 0, size, abs(sent))
+            self._reply(conn, call_id, True, value, stat, start, size)
 
     async def _run_stream(
         self,
