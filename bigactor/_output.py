@@ -7,23 +7,40 @@ next write says so (``addr: [... 123 lines (4567 bytes) of output dropped ...]``
 
 Lines printed before the machine answers its first call (interpreter start-up noise) are held,
 not shown; they are shown only if the machine fails to boot (they also go into its error).
+
+Output trouble never touches the cluster: a driver whose stderr is closed (``2>&-``, so
+``sys.stderr`` is None), broken (``prog 2>&1 | head``) or failing in any other way loses the
+lines it cannot write, and they are counted (``dropped_lines``, ``dropped_bytes``; the machine's
+status shows them), never raised.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections import deque
 from collections.abc import Callable
 
 import trio
 
+log = logging.getLogger("bigactor.output")
+
 LIMIT = 512 * 1024
 HELD_LINES = 200
 
 
+class Unwritable(Exception):
+    """The driver has no stderr to write to (it was closed before the program started)."""
+
+
 def _write_stderr(text: str) -> None:
-    sys.stderr.write(text)
-    sys.stderr.flush()
+    # Looked up at each write: the program may replace sys.stderr at any time. Never fd 2
+    # itself: when stderr was closed at start-up, fd 2 may since have been reused by a socket.
+    stream = sys.stderr
+    if stream is None:
+        raise Unwritable("sys.stderr is None")
+    stream.write(text)
+    stream.flush()
 
 
 class Output:
@@ -37,6 +54,10 @@ class Output:
         self._bytes = 0
         self._dropped_lines = 0
         self._dropped_bytes = 0
+        #: lines (and their bytes) lost so far: to a full queue, or to a stderr that failed
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+        self._write_failed = False
         self._held: deque[str] | None = deque(maxlen=HELD_LINES)
         self._wake = trio.Event()
         self._closed = False
@@ -58,6 +79,8 @@ class Output:
             self._bytes -= len(old)
             self._dropped_lines += 1
             self._dropped_bytes += len(old) + 1
+            self.dropped_lines += 1
+            self.dropped_bytes += len(old) + 1
         self._drained = trio.Event() if self._drained.is_set() else self._drained
         self._wake.set()
 
@@ -99,9 +122,20 @@ class Output:
                     "of output dropped: the driver's stderr did not keep up ...]\n"
                 )
                 self._dropped_lines = self._dropped_bytes = 0
+            lines = len(self._lines)
             while self._lines:
                 text = self._lines.popleft()
                 self._bytes -= len(text)
                 batch.append(f"{self._prefix}{text}\n")
-            # A thread, so that a blocked stderr blocks only this writer.
-            await trio.to_thread.run_sync(self._write, "".join(batch), abandon_on_cancel=True)
+            text = "".join(batch)
+            try:
+                # A thread, so that a blocked stderr blocks only this writer.
+                await trio.to_thread.run_sync(self._write, text, abandon_on_cancel=True)
+            except Exception as exc:
+                # Closed, broken or failing stderr: these lines are lost, counted, not raised.
+                self.dropped_lines += lines
+                self.dropped_bytes += len(text)
+                if not self._write_failed:
+                    self._write_failed = True
+                    log.warning("%scannot write output to the driver's stderr (%r); counting what is "
+                             "dropped", self._prefix, exc)  # fmt: skip

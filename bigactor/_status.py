@@ -79,8 +79,10 @@ async def _one_status(m: Machine) -> dict[str, Any]:
 async def status(machines: Sequence[Machine]) -> list[dict[str, Any]]:
     """Status of every machine, sorted by address (plain data, ready for JSON).
 
-    Each entry has the address, state, error, owner and keepalive figures the driver knows and
-    the driver's own per-method counters for calls to it (``client``); for a running machine,
+    Each entry has the address, state, error, owner and keepalive figures the driver knows,
+    the driver's own per-method counters for calls to it (``client``) and the machine's output
+    lines the driver dropped (``output_dropped_lines``/``_bytes``: a full queue, or a stderr
+    that could not be written); for a running machine,
     what it reports: uptime (the machine's own, not the driver's), memory, disk, load, hosted
     actors, per-method counters of calls it served (``server``) and of calls it made to other
     machines (``peer_calls``).
@@ -98,6 +100,8 @@ async def status(machines: Sequence[Machine]) -> list[dict[str, Any]]:
             "keepalive_next": (m.next_keepalive or None) if m.state == State.RUNNING else None,
             "keepalive_reply_ms": [round(t * 1e3, 3) for t in m.keepalive_reply_times],
             "client": m.metrics.snapshot(),
+            "output_dropped_lines": m.output.dropped_lines,
+            "output_dropped_bytes": m.output.dropped_bytes,
         }
         if m.addr in answers:
             entry.update(answers[m.addr])

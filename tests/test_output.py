@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -140,3 +141,96 @@ async def test_a_driver_that_stops_reading_never_blocks_its_workers(tmp_path: Pa
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_a_failing_stderr_loses_lines_counts_them_and_raises_nothing() -> None:
+    """A writer that raises (closed or broken stderr) never ends the output task; drops count."""
+    failures: list[BaseException] = [BrokenPipeError(32, "Broken pipe"), ValueError("closed file")]
+    written: list[str] = []
+
+    def write(text: str) -> None:
+        if failures:
+            raise failures.pop(0)
+        written.append(text)
+
+    out = Output("m: ", write=write)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(out.run)
+        out.start_printing()
+        for text in ("one", "two", "three"):
+            out.line(text)
+            await out.drained()
+        out.close()
+    assert written == ["m: three\n"]  # a stderr that recovers is written to again
+    assert (out.dropped_lines, out.dropped_bytes) == (2, len("m: one\nm: two\n"))
+
+
+async def test_no_stderr_at_all_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``sys.stderr`` None (the program started with ``2>&-``) lines are only counted."""
+    monkeypatch.setattr(sys, "stderr", None)
+    out = Output("m: ")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(out.run)
+        out.start_printing()
+        out.line("nobody reads this")
+        out.close()
+    assert out.dropped_lines == 1
+
+
+CHATTY = """
+    import sys, trio, bigactor
+
+    class Talker:
+        def talk(self, n):
+            for i in range(n):
+                print(f"line {i}")
+            return n
+
+    async def main():
+        async with bigactor.open_cluster() as cluster:
+            talker = await cluster.spawn(Talker)
+            for _ in range(3):
+                assert await talker.talk(200) == 200
+            with trio.fail_after(30):
+                while (await cluster.status())[0]["output_dropped_lines"] < 600:
+                    await trio.sleep(0.05)  # the lines are on their way to the missing stderr
+            print("DROPPED", (await cluster.status())[0]["output_dropped_lines"], flush=True)
+        print("CLEAN EXIT", flush=True)
+
+    trio.run(main)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stderr", ["closed", "broken"])
+async def test_a_driver_without_a_working_stderr_runs_its_cluster_to_a_clean_end(
+    tmp_path: Path, stderr: str
+) -> None:
+    """``prog 2>&-`` and ``prog 2>&1 | head`` (stderr closed or broken) never touch the cluster."""
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(CHATTY))
+    if stderr == "closed":
+        # The shell closes fd 2 before exec: Python starts with sys.stderr = None.
+        command = ["sh", "-c", 'exec "$0" "$@" 2>&-', sys.executable, str(script)]
+        err_r, err_w = None, subprocess.DEVNULL
+    else:
+        err_r, err_w = os.pipe()
+        command = [sys.executable, str(script)]
+    proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=err_w, cwd=tmp_path)
+    if err_r is not None:
+        assert isinstance(err_w, int)
+        os.close(err_w)
+        os.close(err_r)  # the reader is gone before the first line: every write breaks
+    try:
+        assert proc.stdout is not None
+        out = b""
+        with trio.fail_after(60):
+            while chunk := await proc.stdout.receive_some(4096):
+                out += chunk
+            assert await proc.wait() == 0, out.decode()
+    finally:
+        proc.kill()
+    text = out.decode()
+    assert "CLEAN EXIT" in text
+    dropped = int(text.split("DROPPED ")[1].split()[0])
+    assert dropped >= 600  # every line the worker printed is counted as lost

@@ -160,6 +160,9 @@ class _ForkServer:
             process = await trio.lowlevel.open_process(
                 [python, "-m", "bigactor.supervisor._forkserver", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
+                # Never the driver's stdio: it may be closed (then fd 1 or 2 may be some other
+                # file of the driver's) or broken. Workers get output pipes of their own.
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         finally:
             theirs.close()
