@@ -4,13 +4,17 @@
     bigactor profile URL --seconds N -o FILE     a merged CPU profile (pstats; or --format)
     bigactor stacks URL                          every machine's threads and Trio tasks
 
-URL is a cluster's debug address (``cluster.debug_url``), e.g. http://127.0.0.1:8080/.
+URL is a cluster's debug address with its token, as ``cluster.debug_url`` gives it (e.g.
+http://127.0.0.1:8080/debug/bigactor/?token=...). Given a URL without one, the token comes
+from ``--token`` or ``BIGACTOR_DEBUG_TOKEN``; the environment keeps it out of ``ps``, where
+other local users can read a command line. It is sent as ``Authorization: Bearer``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -18,25 +22,37 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-PREFIX = "/debug/bigactor/"
+from ._debug import TOKEN_ENV, page_url
 
 
-def _url(base: str, page: str, **query: Any) -> str:
-    parts = urllib.parse.urlsplit(base if "://" in base else f"http://{base}")
-    path = parts.path if parts.path.startswith(PREFIX) else PREFIX
-    q = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path + page, q, ""))
+def _split_token(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``token`` query parameter, and that token (None if it has none)."""
+    parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    tokens = [v for k, v in query if k == "token"]
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), (tokens[-1] if tokens else None)
 
 
-def _fetch(url: str, timeout: float) -> bytes:
+def _fetch(url: str, token: str | None, timeout: float) -> bytes:
+    # The token goes in a header, never in the URL: it stays out of this command's messages.
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as reply:
             data: bytes = reply.read()
             return data
     except urllib.error.HTTPError as err:
-        raise SystemExit(
-            f"bigactor: {url}: {err.code} {err.read().decode(errors='replace').strip()}"
-        ) from None
+        text = err.read().decode(errors="replace").strip()
+        if err.code == 401:  # a 403 (Host, Origin) says why itself
+            hint = (
+                "the debug server needs its token: pass the URL from cluster.debug_url "
+                f"(it ends with ?token=...), or --token, or set {TOKEN_ENV}"
+                if token is None
+                else "the server refused this token; take the URL from cluster.debug_url "
+                "(the token changes with every cluster unless it is set)"
+            )
+            raise SystemExit(f"bigactor: {url}: 401 Unauthorized: {hint}") from None
+        raise SystemExit(f"bigactor: {url}: {err.code} {text}") from None
     except OSError as err:
         raise SystemExit(f"bigactor: cannot reach {url}: {err}") from None
 
@@ -83,22 +99,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON instead")
     p = sub.add_parser("profile", help="a CPU profile merged over the machines")
     p.add_argument("url")
-    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--seconds", type=float, default=30.0, help="how long (at most 60; default 30)")
     p.add_argument("--machine", help="profile only this machine")
     p.add_argument("--format", choices=["pstats", "collapsed", "text"], default="pstats")
     p.add_argument("-o", "--output", help="write here (default: bigactor-<time>.pstats, or stdout for text)")
     p = sub.add_parser("stacks", help="every machine's threads and Trio tasks")
     p.add_argument("url")
+    for p in sub.choices.values():
+        p.add_argument("--token", help=f"the server's token, if URL has none (default: ${TOKEN_ENV})")
     args = parser.parse_args(argv)
+    base, token = _split_token(args.url)
+    token = args.token or token or os.environ.get(TOKEN_ENV) or None
 
     if args.command == "status":
-        data = _fetch(_url(args.url, "status.json"), 30)
+        data = _fetch(page_url(base, "status.json"), token, 30)
         sys.stdout.write(data.decode() + "\n" if args.json else status_table(json.loads(data)))
     elif args.command == "stacks":
-        sys.stdout.write(_fetch(_url(args.url, "stacks"), 30).decode())
+        sys.stdout.write(_fetch(page_url(base, "stacks"), token, 30).decode())
     else:
-        url = _url(args.url, "profile", seconds=args.seconds, machine=args.machine, format=args.format)
-        data = _fetch(url, args.seconds + 60)
+        url = page_url(base, "profile", seconds=args.seconds, machine=args.machine, format=args.format)
+        data = _fetch(url, token, args.seconds + 60)
         output = args.output
         if output is None and args.format == "pstats":
             output = time.strftime("bigactor-%Y%m%dT%H%M%S.pstats")

@@ -3,8 +3,8 @@
 ``serve_debug(cluster)`` (or ``open_cluster(debug_address=...)``) serves, on loopback by
 default:
 
-* ``/debug/bigactor/status``: every machine as an HTML table that refreshes itself; the same as
-  JSON with ``?format=json``.
+* ``/debug/bigactor/status`` (also ``/debug/bigactor/``): every machine as an HTML table that
+  refreshes itself; the same as JSON with ``?format=json``.
 * ``/debug/bigactor/profile?seconds=N[&machine=ADDR][&format=pstats|collapsed|text]``: a CPU
   profile taken on all running machines at once and merged: a pstats file (the default; open
   it with ``pstats`` or snakeviz), collapsed stacks for flame graphs (flamegraph.pl,
@@ -13,18 +13,49 @@ default:
 * ``/debug/bigactor/vars``: per-method counters on both sides of every call, as JSON;
   ``/debug/bigactor/metrics``: the same in Prometheus text exposition.
 
-It serves JSON, HTML and text only (it decodes nothing it is sent beyond the request line).
-Anyone who can reach it can read the cluster's state and start profiles: keep it on loopback.
+Every page needs the server's token, as Jupyter's do: ``cluster.debug_url`` carries it
+(``http://127.0.0.1:PORT/debug/bigactor/?token=...``, logged once at INFO by the
+``bigactor.debug`` logger), and a client sends it either as that ``token`` query parameter or
+as ``Authorization: Bearer <token>`` (what the ``bigactor`` command line and a Prometheus
+``authorization: {credentials: ...}`` scrape send). The token is ``serve_debug(token=...)`` or
+``open_cluster(debug_token=...)``, else ``BIGACTOR_DEBUG_TOKEN``, else a random one per server.
+
+What else guards it, and why:
+
+* Host: only IP literals, ``localhost``, the bound host and this machine's own names, so a web
+  page cannot reach the server by DNS rebinding. A request with an ``Origin`` other than the
+  server's own is refused, and no CORS header is ever sent.
+* Bounds: a client has ``HEAD_TIMEOUT`` seconds to send its request head and ``SEND_TIMEOUT``
+  to take the reply. At most ``MAX_CONNECTIONS`` connections are open at once: beyond, a new
+  connection takes the place of the oldest one still sending its head, or is refused with a
+  503 when all of them are being served, so idle clients can neither exhaust the driver's file
+  descriptors (which its machines need) nor keep an authenticated client out.
+* Profiles: at most ``MAX_PROFILE_SECONDS`` long, one at a time (409 while one runs), and
+  stopped, on every machine, as soon as the client that asked for one disconnects.
+
+It serves JSON, HTML and text only (it decodes nothing it is sent beyond the request head),
+one request per connection; every reply forbids caching, referrers, framing and scripts. It
+speaks plain HTTP, and whoever holds the token can read every machine's state: keep it on
+loopback (the default) or a trusted network.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import html
+import ipaddress
 import json
 import logging
+import math
+import os
+import secrets
+import socket
 import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 import h11
 import trio
@@ -33,9 +64,32 @@ from ._cluster import Cluster
 
 log = logging.getLogger("bigactor.debug")
 PREFIX = "/debug/bigactor/"
-MAX_PROFILE_SECONDS = 300.0
+#: the environment variable that holds the token when none is given (a stable one for Prometheus)
+TOKEN_ENV = "BIGACTOR_DEBUG_TOKEN"
+#: seconds a client has to send its whole request head before it is dropped
+HEAD_TIMEOUT = 10.0
+#: seconds a client has to take its reply
+SEND_TIMEOUT = 30.0
+#: connections open at once; see ``_Server.handle`` for what happens beyond
+MAX_CONNECTIONS = 64
+#: the longest profile; cProfile slows every machine while it runs
+MAX_PROFILE_SECONDS = 60.0
 
 Reply = tuple[int, str, bytes, list[tuple[str, str]]]
+
+# On every reply: the token travels in URLs, so no referrer and no cache may keep them; the
+# pages run no script and are never framed.
+SAFE_HEADERS = [
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+]
+NEED_TOKEN = (
+    "bigactor debug server: this page needs the server's token. Open the URL in "
+    "cluster.debug_url (it ends with ?token=...; the 'bigactor.debug' logger also logs it once "
+    "at startup), or send the header 'Authorization: Bearer <token>'.\n"
+)
 
 
 def _json(value: Any) -> Reply:
@@ -44,6 +98,45 @@ def _json(value: Any) -> Reply:
 
 def _text(status: int, text: str) -> Reply:
     return status, "text/plain; charset=utf-8", text.encode(), []
+
+
+def _log(level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
+    # logging.Handler.handleError raises ValueError when sys.stderr itself is closed: the
+    # driver's stderr may be gone, and neither the server nor the cluster whose nursery runs
+    # it may fail for a log line (the URL is also on cluster.debug_url).
+    with contextlib.suppress(Exception):
+        log.log(level, msg, *args, exc_info=exc_info)
+
+
+def page_url(debug_url: str, page: str, **query: str | float | None) -> str:
+    """The URL of ``page`` (``"status"``, ``"profile"``, ...) on the server at ``debug_url``.
+
+    ``debug_url`` is ``cluster.debug_url`` (or any page of the server, or ``host:port``); its
+    ``token`` is kept and ``query`` added, leaving out None values::
+
+        page_url(cluster.debug_url, "profile", seconds=5, format="text")
+    """
+    parts = urlsplit(debug_url if "://" in debug_url else f"http://{debug_url}")
+    at = parts.path.find(PREFIX)
+    path = parts.path[: at + len(PREFIX)] if at >= 0 else parts.path.rstrip("/") + PREFIX
+    params = {k: str(v) for k, v in query.items() if v is not None}
+    token = parse_qs(parts.query).get("token")
+    if token:
+        params["token"] = token[-1]
+    return urlunsplit((parts.scheme, parts.netloc, path + page, urlencode(params, quote_via=quote), ""))
+
+
+def _choose_token(token: str | None) -> str:
+    if token is None:
+        # Hex, as Jupyter's: no leading "-" to look like an option, and a double click selects
+        # all of it in a terminal.
+        token = os.environ.get(TOKEN_ENV) or secrets.token_hex(24)
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError(
+            "the debug token must be printable ASCII without spaces, e.g. secrets.token_hex() "
+            f"(from serve_debug(token=...), open_cluster(debug_token=...) or {TOKEN_ENV})"
+        )
+    return token
 
 
 def _size(n: float) -> str:
@@ -61,8 +154,11 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def status_html(machines: list[dict[str, Any]], refresh: int = 5) -> str:
-    """The status page for the entries of ``Cluster.status()``."""
+def status_html(machines: list[dict[str, Any]], refresh: int = 5, token: str | None = None) -> str:
+    """The status page for the entries of ``Cluster.status()``; its links carry ``token``."""
+    tok = html.escape(f"token={quote(token, safe='')}") if token is not None else ""
+    amp = "&amp;" if tok else ""
+    ask = "?" if tok else ""
     rows = []
     now = time.time()
     for m in machines:
@@ -96,7 +192,7 @@ def status_html(machines: list[dict[str, Any]], refresh: int = 5) -> str:
             "</tr>"
         )
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}">
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}; url=status{ask}{tok}">
 <title>bigactor status</title>
 <style>
 body {{ font-family: sans-serif; margin: 1em; }}
@@ -105,9 +201,10 @@ td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; font-si
 th {{ background: #eee; }} .RUNNING {{ color: green; }} .STOPPED {{ color: #b00; }}
 </style></head><body>
 <h1>bigactor: {len(machines)} machines</h1>
-<p>Refreshes every {refresh} s. <a href="status?format=json">JSON</a> ·
-<a href="stacks">stacks</a> · <a href="vars">vars</a> ·
-<a href="profile?seconds=5&amp;format=text">profile 5 s</a></p>
+<p>Refreshes every {refresh} s. <a href="status?format=json{amp}{tok}">JSON</a> ·
+<a href="stacks{ask}{tok}">stacks</a> · <a href="vars{ask}{tok}">vars</a> ·
+<a href="metrics{ask}{tok}">metrics</a> ·
+<a href="profile?seconds=5&amp;format=text{amp}{tok}">profile 5 s</a></p>
 <table><tr><th>machine</th><th>state</th><th>uptime</th><th>keepalive (next; replies)</th>
 <th>memory</th><th>disk</th><th>load</th><th>actors</th><th>calls served</th><th>error</th></tr>
 {"".join(rows)}
@@ -151,88 +248,259 @@ def prometheus_text(machines: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-async def _route(cluster: Cluster, path: str, query: dict[str, list[str]]) -> Reply:
-    page = path.removeprefix(PREFIX)
-    arg = {k: v[-1] for k, v in query.items()}
-    if not path.startswith(PREFIX):
-        return _text(404, f"not found: try {PREFIX}status\n")
-    if page in ("status", "status.json"):
-        machines = await cluster.status()
-        if page == "status.json" or arg.get("format") == "json":
-            return _json(machines)
-        return 200, "text/html; charset=utf-8", status_html(machines).encode(), []
-    if page == "vars":
-        machines = await cluster.status()
-        return _json(
-            {
-                "driver": {m["addr"]: m["client"] for m in machines},
-                "machines": {
-                    m["addr"]: {"server": m.get("server", {}), "peer_calls": m.get("peer_calls", {})}
-                    for m in machines
-                },
-            }
+def _host_name(host: str) -> str:
+    """The name in a Host header: without its port or IPv6 brackets, lowercase, no final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, closed, _ = host[1:].partition("]")
+        return name if closed else host
+    return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+async def _read_head(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+    """The request head, or None when the client closed first or sent something else."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(65536)))
+            continue
+        return event if isinstance(event, h11.Request) else None
+
+
+async def _unless_client_leaves(
+    stream: trio.SocketStream, compute: Callable[[], Awaitable[Reply]]
+) -> Reply | None:
+    """``await compute()``, cancelled (None) when the client closes its end first.
+
+    Cancelling stops what the page asked of the machines too: a profile ends on every machine.
+    """
+    reply: Reply | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            # One request per connection: what else the client sends is read and dropped until
+            # its end of stream, which says it left.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while await stream.receive_some(65536):
+                    pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        reply = await compute()
+        nursery.cancel_scope.cancel()
+    return reply
+
+
+async def _send(conn: h11.Connection, stream: trio.SocketStream, method: bytes, reply: Reply) -> None:
+    status, ctype, body, extra = reply
+    headers = [
+        ("content-type", ctype),
+        ("content-length", str(len(body))),
+        ("connection", "close"),
+        *SAFE_HEADERS,
+        *extra,
+    ]
+    response = h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
+    data = conn.send(response) or b""
+    if method != b"HEAD":
+        data += conn.send(h11.Data(data=body)) or b""
+    await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
+
+
+class _Server:
+    """One debug server: its token, the host names it answers to, its connections."""
+
+    def __init__(self, cluster: Cluster, token: str, host: str) -> None:
+        self.cluster = cluster
+        self.token = token
+        self._token = token.encode()
+        self._names = {"localhost", _host_name(host), _host_name(socket.gethostname())}
+        # The open connections, oldest first: one still sending its request head maps to the
+        # cancel scope that drops it, one being served (authenticated) to None.
+        self._conns: dict[trio.SocketStream, trio.CancelScope | None] = {}
+        self._profile_ends: float | None = None  # when the running profile ends (trio's clock)
+
+    async def learn_fqdn(self) -> None:
+        """Answer to this machine's fully qualified name too."""
+        # A reverse lookup can hang on a bad resolver: it stays off the way of the server's
+        # start, and is abandoned at exit (it has no side effects).
+        fqdn = await trio.to_thread.run_sync(socket.getfqdn, abandon_on_cancel=True)
+        self._names.add(_host_name(fqdn))
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one connection: one request, then close.
+
+        Beyond ``MAX_CONNECTIONS``, the oldest connection still sending its head is dropped to
+        make room, so idle clients cannot keep an authenticated one out; when every connection
+        is being served, the new one gets a 503 at once. Either way, the number of descriptors
+        the server holds stays bounded.
+        """
+        try:
+            if len(self._conns) >= MAX_CONNECTIONS and not self._drop_oldest_unserved():
+                await self._refuse(stream)
+                return
+            with trio.CancelScope() as scope:
+                self._conns[stream] = scope
+                await self._serve(stream)
+        except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            _log(logging.DEBUG, "debug connection dropped: %r", exc)
+        except Exception:
+            # This server runs in the cluster's nursery: a debug page must never end the cluster.
+            _log(logging.ERROR, "debug connection failed", exc_info=True)
+        finally:
+            self._conns.pop(stream, None)
+            await trio.aclose_forcefully(stream)
+
+    def _drop_oldest_unserved(self) -> bool:
+        for stream, scope in self._conns.items():
+            if scope is not None:
+                del self._conns[stream]
+                scope.cancel()
+                stream.socket.close()  # its descriptor is free now, not when its task next runs
+                return True
+        return False
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        body = f"bigactor debug server: {MAX_CONNECTIONS} requests are being served; try again\n".encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
         )
-    if page == "metrics":
-        text = prometheus_text(await cluster.status())
-        return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode(), []
-    if page == "stacks":
-        stacks = await cluster.stacks()
-        return _text(200, "".join(f"== {addr}\n{text}\n" for addr, text in sorted(stacks.items())))
-    if page == "profile":
+        # A fresh socket's send buffer takes this at once; the bound is for the odd case.
+        with trio.move_on_after(1):
+            await stream.send_all(head.encode() + body)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        request: h11.Request | None = None
+        with trio.move_on_after(HEAD_TIMEOUT):
+            request = await _read_head(conn, stream)
+        if request is None:
+            _log(logging.DEBUG, "debug connection dropped: no request within %s s", HEAD_TIMEOUT)
+            return
+        target = urlsplit(request.target.decode("ascii", "replace"))
+        query = {k: v[-1] for k, v in parse_qs(target.query).items()}
+        reply = self._refusal(request, query)
+        if reply is None:
+            self._conns[stream] = None  # being served: no longer the one dropped to make room
+            reply = await _unless_client_leaves(stream, lambda: self._route(target.path, query))
+            if reply is None:
+                _log(logging.DEBUG, "debug page %s stopped: its client left", target.path)
+                return
+        with trio.move_on_after(SEND_TIMEOUT):
+            await _send(conn, stream, request.method, reply)
+
+    def _refusal(self, request: h11.Request, query: dict[str, str]) -> Reply | None:
+        """Why ``request`` is refused (Host, Origin, token, method), or None to serve it."""
+        hosts = [v.decode("latin-1") for k, v in request.headers if k == b"host"]
+        origins = [v.decode("latin-1").lower() for k, v in request.headers if k == b"origin"]
+        if len(hosts) > 1:
+            return _text(400, "bigactor debug server: more than one Host header\n")
+        host = hosts[0] if hosts else None  # HTTP/1.0 may leave it out; browsers never do
+        if host is not None and not (_is_ip(_host_name(host)) or _host_name(host) in self._names):
+            return _text(
+                403,
+                f"bigactor debug server: Host {host[:100]!r} refused: ask by IP address, localhost "
+                "or this machine's name (a guard against DNS rebinding)\n",
+            )
+        if origins and (host is None or any(o != f"http://{host}".lower() for o in origins)):
+            return _text(403, "bigactor debug server: cross-origin requests are refused\n")
+        given = [query["token"].encode()] if "token" in query else []
+        for k, v in request.headers:
+            scheme, _, credentials = v.partition(b" ")
+            if k == b"authorization" and scheme.lower() == b"bearer":
+                given.append(credentials.strip())
+        if not any(hmac.compare_digest(t, self._token) for t in given):
+            challenge = ("www-authenticate", 'Bearer realm="bigactor debug"')
+            return 401, "text/plain; charset=utf-8", NEED_TOKEN.encode(), [challenge]
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, "text/plain; charset=utf-8", b"only GET and HEAD\n", [("allow", "GET, HEAD")]
+        return None
+
+    async def _route(self, path: str, arg: dict[str, str]) -> Reply:
+        try:
+            return await self._page(path, arg)
+        except Exception as exc:
+            _log(logging.ERROR, "debug page %s failed", path, exc_info=True)
+            return _text(500, f"{type(exc).__name__}: {exc}\n")
+
+    async def _page(self, path: str, arg: dict[str, str]) -> Reply:
+        if not path.startswith(PREFIX):
+            return _text(404, f"not found: try {PREFIX}status\n")
+        page = path.removeprefix(PREFIX)
+        if page in ("", "status", "status.json"):
+            machines = await self.cluster.status()
+            if page == "status.json" or arg.get("format") == "json":
+                return _json(machines)
+            # The page's links carry the token it was opened with (none when it came in a header).
+            token = self.token if "token" in arg else None
+            return 200, "text/html; charset=utf-8", status_html(machines, token=token).encode(), []
+        if page == "vars":
+            machines = await self.cluster.status()
+            return _json(
+                {
+                    "driver": {m["addr"]: m["client"] for m in machines},
+                    "machines": {
+                        m["addr"]: {"server": m.get("server", {}), "peer_calls": m.get("peer_calls", {})}
+                        for m in machines
+                    },
+                }
+            )
+        if page == "metrics":
+            text = prometheus_text(await self.cluster.status())
+            return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode(), []
+        if page == "stacks":
+            stacks = await self.cluster.stacks()
+            return _text(200, "".join(f"== {addr}\n{text}\n" for addr, text in sorted(stacks.items())))
+        if page == "profile":
+            return await self._profile(arg)
+        return _text(404, f"no page {page!r}: try status, profile, stacks, vars or metrics\n")
+
+    async def _profile(self, arg: dict[str, str]) -> Reply:
         try:
             seconds = float(arg.get("seconds", "30"))
+            top = int(arg.get("top", "40"))
         except ValueError:
-            return _text(400, "seconds must be a number\n")
+            return _text(400, "seconds and top must be numbers\n")
         if not 0 < seconds <= MAX_PROFILE_SECONDS:
-            return _text(400, f"seconds must be in (0, {MAX_PROFILE_SECONDS:.0f}]\n")
+            return _text(
+                400,
+                f"seconds must be in (0, {MAX_PROFILE_SECONDS:g}]: a profile slows every machine "
+                "while it runs, so take several short ones rather than one long one\n",
+            )
+        fmt = arg.get("format", "pstats")
+        if fmt not in ("pstats", "collapsed", "text"):
+            return _text(400, "format must be pstats, collapsed or text\n")
+        if self._profile_ends is not None:
+            left = math.ceil(max(0.0, self._profile_ends - trio.current_time()))
+            return _text(
+                409,
+                "a profile is already running (one at a time: each slows every machine); "
+                f"it ends in about {left} s, ask again then\n",
+            )
+        self._profile_ends = trio.current_time() + seconds
         try:
-            profile = await cluster.profile(seconds, machine=arg.get("machine"))
+            profile = await self.cluster.profile(seconds, machine=arg.get("machine"))
         except LookupError as exc:
             return _text(404, f"{exc.args[0]}\n")
+        finally:
+            self._profile_ends = None
         if not profile.machines:
             return _text(404, "no profiles are available at this time\n")
-        fmt = arg.get("format", "pstats")
         if fmt == "text":
-            return _text(200, profile.top(int(arg.get("top", "40"))))
+            return _text(200, profile.top(top))
         if fmt == "collapsed":
             return _text(200, profile.collapsed_text())
-        if fmt == "pstats":
-            disposition = [("content-disposition", 'attachment; filename="bigactor.pstats"')]
-            return 200, "application/octet-stream", profile.pstats_bytes(), disposition
-        return _text(400, "format must be pstats, collapsed or text\n")
-    return _text(404, f"no page {page!r}: try status, profile, stacks or vars\n")
-
-
-async def _handle(stream: trio.abc.Stream, cluster: Cluster) -> None:
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(bytes(await stream.receive_some(65536)))
-                continue
-            if isinstance(event, h11.Request):
-                break
-            return  # closed, or something that is not a request
-        target = urlsplit(event.target.decode("ascii", "replace"))
-        if event.method not in (b"GET", b"HEAD"):
-            reply = _text(405, "only GET\n")
-        else:
-            try:
-                reply = await _route(cluster, target.path, parse_qs(target.query))
-            except Exception as exc:
-                log.exception("debug page %s failed", target.path)
-                reply = _text(500, f"{type(exc).__name__}: {exc}\n")
-        status, ctype, body, extra = reply
-        headers = [("content-type", ctype), ("content-length", str(len(body))), ("connection", "close")]
-        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers + extra)))
-        if event.method != b"HEAD":
-            await stream.send_all(conn.send(h11.Data(data=body)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
-    except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        log.debug("debug connection dropped: %r", exc)
-    finally:
-        await trio.aclose_forcefully(stream)
+        disposition = [("content-disposition", 'attachment; filename="bigactor.pstats"')]
+        return 200, "application/octet-stream", profile.pstats_bytes(), disposition
 
 
 async def serve_debug(
@@ -240,19 +508,28 @@ async def serve_debug(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
+    token: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the debug pages of ``cluster`` until cancelled; ``nursery.start`` gets the URL.
 
-    Binds ``host:port`` (port 0 picks a free one). Never returns; cancel it to stop.
+    Binds ``host:port`` (port 0 picks a free one). Every page needs ``token``: without one,
+    ``BIGACTOR_DEBUG_TOKEN`` if set, else a random one. The URL ``nursery.start`` returns
+    carries it (``http://127.0.0.1:PORT/debug/bigactor/?token=...``; ``page_url`` builds the
+    other pages' URLs from it), and is logged once at INFO by the ``bigactor.debug`` logger.
+    Never returns; cancel it to stop (requests in flight, profiles included, are cancelled).
+
+    Raises:
+        ValueError: the token is empty, or not printable ASCII without spaces.
     """
+    token = _choose_token(token)
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
-    url = f"http://{sockname[0]}:{sockname[1]}{PREFIX}"
-
-    async def handler(stream: trio.abc.Stream) -> None:
-        await _handle(stream, cluster)
-
+    shown = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
+    url = f"http://{shown}:{sockname[1]}{PREFIX}?token={quote(token, safe='')}"
+    server = _Server(cluster, token, host)
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handler, listeners)
+        nursery.start_soon(server.learn_fqdn)
+        await nursery.start(trio.serve_listeners, server.handle, listeners)
+        _log(logging.INFO, "debug pages at %s", url)
         task_status.started(url)

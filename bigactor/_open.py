@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -19,14 +20,19 @@ from .systems import lookup
 
 @asynccontextmanager
 async def open_cluster(
-    system: System | str | None = None, *, debug_address: str | tuple[str, int] | None = None, **options: Any
+    system: System | str | None = None,
+    *,
+    debug_address: str | tuple[str, int] | None = None,
+    debug_token: str | None = None,
+    **options: Any,
 ) -> AsyncIterator[Cluster]:
     """Open a cluster on ``system`` and close it, with every machine it started, on exit.
 
     ``system`` is a System instance or a system name; without one, ``BIGACTOR_SYSTEM`` names
     it, else ``local``. ``options`` go to the named system's constructor. With
     ``debug_address`` (``"127.0.0.1:8080"``, or port 0 for any), the cluster also serves its
-    debug pages there (see ``serve_debug``); ``cluster.debug_url`` says where.
+    debug pages there (see ``serve_debug``); ``cluster.debug_url`` says where, with the token
+    they need: ``debug_token``, else ``BIGACTOR_DEBUG_TOKEN``, else a random one.
 
     The cluster owns one nursery: every machine's lifecycle runs in it, and the body runs
     inside it. On exit (normal, error, cancellation or KeyboardInterrupt) every owned machine is
@@ -46,7 +52,10 @@ async def open_cluster(
             host, port = (
                 debug_address.rpartition(":")[::2] if isinstance(debug_address, str) else debug_address
             )
-            cluster.debug_url = await nursery.start(serve_debug, cluster, host or "127.0.0.1", int(port))
+            serve = partial(
+                serve_debug, cluster, host.strip("[]") or "127.0.0.1", int(port), token=debug_token
+            )
+            cluster.debug_url = await nursery.start(serve)
         token = current_cluster.set(cluster)
         try:
             yield cluster

@@ -4,21 +4,36 @@ and over the debug HTTP server, on real worker processes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pstats
+import re
+import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
+import trio.testing
 
 import bigactor
+import bigactor._debug as debug
 from bigactor import Services
+from bigactor._debug import page_url
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BIGACTOR_DEBUG_TOKEN", raising=False)
 
 
 class Spinner:
@@ -99,41 +114,65 @@ async def test_merged_profile_holds_frames_that_ran_only_on_workers(tmp_path: Pa
             await cluster.profile(0.1, machine="unix:/not/a/machine")
 
 
-def _get(url: str) -> tuple[int, str, bytes]:
+Response = tuple[int, dict[str, str], bytes]
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> Response:
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, r.headers.get("content-type", ""), r.read()
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as err:
-        return err.code, err.headers.get("content-type", ""), err.read()
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
 
-async def get(url: str) -> tuple[int, str, bytes]:
-    return await trio.to_thread.run_sync(_get, url)
+async def get(url: str, headers: dict[str, str] | None = None) -> Response:
+    return await trio.to_thread.run_sync(_get, url, headers)
+
+
+def _token(url: str) -> str:
+    return url.rpartition("?token=")[2]
+
+
+def _bare(url: str, page: str = "") -> str:
+    """``page`` of the server at ``url``, without the token."""
+    return url.partition("?")[0] + page
+
+
+async def _wait_until_profiling(cluster: bigactor.Cluster) -> None:
+    """Return once a machine's stacks show the profiler's sampler thread at work."""
+    # The sampler runs in a worker process, which sends no event when it starts: poll.
+    while not any("in _sample" in text for text in (await cluster.stacks()).values()):  # noqa: ASYNC110
+        await trio.sleep(0.05)
 
 
 async def test_debug_pages_over_http(tmp_path: Path) -> None:
-    """The debug server serves status (HTML and JSON), profiles, stacks and vars."""
+    """The debug server serves status (HTML and JSON), profiles, stacks, vars and metrics."""
     async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
         assert cluster.debug_url is not None
         url = cluster.debug_url
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/debug/bigactor/\?token=[0-9a-f]{48}", url)
         [m] = await cluster.start(1, Services(spinner=Spinner()))
         await m.call("spinner.spin_async_only_on_worker", 10)
 
-        status, ctype, body = await get(url + "status")
-        assert (status, ctype) == (200, "text/html; charset=utf-8")
-        assert m.addr in body.decode()
-        assert 'http-equiv="refresh"' in body.decode()
-        status, ctype, body = await get(url + "status?format=json")
-        assert ctype == "application/json"
+        for page in (url, page_url(url, "status")):  # the URL itself opens the status page
+            status, headers, body = await get(page)
+            assert (status, headers["content-type"]) == (200, "text/html; charset=utf-8")
+            assert m.addr in body.decode()
+            assert 'http-equiv="refresh"' in body.decode()
+        status, headers, body = await get(page_url(url, "status", format="json"))
+        assert headers["content-type"] == "application/json"
         assert json.loads(body)[0]["addr"] == m.addr
 
-        status, _, body = await get(url + "vars")
+        status, _, body = await get(page_url(url, "vars"))
         counters: dict[str, Any] = json.loads(body)
         assert counters["driver"][m.addr]["spinner.spin_async_only_on_worker"]["count"] == 1
         assert counters["machines"][m.addr]["server"]["spinner.spin_async_only_on_worker"]["count"] == 1
 
-        status, ctype, body = await get(url + "metrics")
-        assert ctype.startswith("text/plain; version=0.0.4")
+        # as Prometheus scrapes it: the token in a bearer header (authorization: {credentials: ...})
+        status, headers, body = await get(_bare(url, "metrics"), {"Authorization": f"Bearer {_token(url)}"})
+        assert status == 200
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
         text = body.decode()
         assert "# TYPE bigactor_calls_total counter" in text
         assert (
@@ -142,60 +181,331 @@ async def test_debug_pages_over_http(tmp_path: Path) -> None:
         ) in text
         assert f'bigactor_machine_up{{machine="{m.addr}"}} 1' in text
 
-        status, _, body = await get(url + "stacks")
+        status, _, body = await get(page_url(url, "stacks"))
         assert status == 200
         assert "trio tasks:" in body.decode()
         assert m.addr in body.decode()
 
-        status, ctype, body = await get(url + "profile?seconds=0.3")
-        assert (status, ctype) == (200, "application/octet-stream")
+        status, headers, body = await get(page_url(url, "profile", seconds=0.3))
+        assert (status, headers["content-type"]) == (200, "application/octet-stream")
         (tmp_path / "p.pstats").write_bytes(body)
         pstats.Stats(str(tmp_path / "p.pstats"))
-        status, _, body = await get(url + "profile?seconds=0.2&format=collapsed")
+        status, _, body = await get(page_url(url, "profile", seconds=0.2, format="collapsed"))
         assert status == 200
         assert body.count(b"\n") >= 1
-        status, _, body = await get(url + "profile?seconds=0.2&format=text")
+        status, _, body = await get(page_url(url, "profile", seconds=0.2, format="text"))
         assert b"function calls" in body
 
         before = cluster.machines()
-        status, _, body = await get(url + "profile?seconds=1&machine=unix:/not/known")
+        status, _, body = await get(page_url(url, "profile", seconds=1, machine="unix:/not/known"))
         assert status == 404
         assert cluster.machines() == before  # an unknown address is never dialed
-        assert (await get(url + "profile?seconds=abc"))[0] == 400
-        assert (await get(url + "profile?seconds=0.1&format=svg"))[0] == 400
-        assert (await get(url + "nothing"))[0] == 404
+        assert (await get(page_url(url, "profile", seconds="abc")))[0] == 400
+        assert (await get(page_url(url, "profile", seconds=0.1, format="svg")))[0] == 400
+        assert (await get(page_url(url, "nothing")))[0] == 404
         assert os.getpid()  # the driver served it all from its own nursery
+
+
+async def test_debug_pages_refuse_requests_without_the_token() -> None:
+    """Without the token (query or bearer header) every page is a 401 that says only where it is."""
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        url, token = cluster.debug_url, _token(cluster.debug_url)
+        for page in ("", "status", "status?format=json", "vars", "metrics", "stacks", "profile?seconds=1"):
+            for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": token}):
+                status, reply_headers, body = await get(_bare(url, page), headers)
+                assert status == 401, (page, headers)
+                assert body == debug.NEED_TOKEN.encode()  # where the token is, nothing about the cluster
+                assert reply_headers["www-authenticate"].startswith("Bearer")
+        assert (await get(_bare(url, "status?token=not-the-token")))[0] == 401
+        assert (await get(_bare(url, "status?token=")))[0] == 401
+        assert "cluster.debug_url" in debug.NEED_TOKEN
+        assert (await get(_bare(url, "vars"), {"Authorization": f"Bearer {token}"}))[0] == 200
+        assert (await get(_bare(url, "vars"), {"Authorization": f"bearer {token}"}))[0] == 200
+        assert (await get(page_url(url, "vars")))[0] == 200
+
+
+async def test_debug_token_comes_from_the_argument_the_environment_or_chance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``debug_token`` wins, then ``BIGACTOR_DEBUG_TOKEN``; else each cluster draws its own."""
+    monkeypatch.setenv("BIGACTOR_DEBUG_TOKEN", "from-the-environment")
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0", debug_token="given") as cluster:
+        assert cluster.debug_url is not None
+        assert cluster.debug_url.endswith("/debug/bigactor/?token=given")
+        assert (await get(page_url(cluster.debug_url, "vars")))[0] == 200
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        assert cluster.debug_url.endswith("?token=from-the-environment")
+        assert (await get(page_url(cluster.debug_url, "vars")))[0] == 200
+    monkeypatch.delenv("BIGACTOR_DEBUG_TOKEN")
+    tokens = set()
+    for _ in range(2):
+        async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+            assert cluster.debug_url is not None
+            tokens.add(_token(cluster.debug_url))
+    assert len(tokens) == 2
+    assert all(len(t) >= 32 for t in tokens)
+    async with bigactor.open_cluster() as cluster:
+        for bad in ("", "with space", "ünicode"):
+            with pytest.raises(ValueError, match="debug token"):
+                await debug.serve_debug(cluster, token=bad)
+
+
+async def test_debug_url_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The URL, token included, is logged once by ``bigactor.debug`` at INFO."""
+    caplog.set_level(logging.INFO, logger="bigactor.debug")
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        await get(page_url(cluster.debug_url, "status"))
+    logged = [r for r in caplog.records if r.name == "bigactor.debug" and r.levelno == logging.INFO]
+    assert [r.getMessage() for r in logged] == [f"debug pages at {cluster.debug_url}"]
+
+
+DRIVER_WITHOUT_STDERR = """
+import json, logging, socket, sys, urllib.request, trio, bigactor
+from bigactor._debug import page_url
+logging.basicConfig(level=logging.DEBUG)  # a handler on stderr, which is closed next
+sys.stderr.close()
+
+async def main():
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        def get(page):
+            with urllib.request.urlopen(page_url(cluster.debug_url, page), timeout=30) as r:
+                return json.load(r)
+        print(await trio.to_thread.run_sync(get, "vars"), flush=True)
+        host, port = cluster.debug_url.split("/")[2].split(":")
+        socket.create_connection((host, int(port))).close()  # logged as dropped, at DEBUG
+        print(await trio.to_thread.run_sync(get, "status.json"), flush=True)
+
+trio.run(main)
+"""
+
+
+async def test_debug_server_does_not_need_stderr() -> None:
+    """With the driver's stderr closed, the server's log lines fail quietly and it still serves."""
+    done = await trio.run_process(
+        [sys.executable, "-c", DRIVER_WITHOUT_STDERR], capture_stdout=True, capture_stderr=True, check=False
+    )
+    assert done.returncode == 0
+    assert done.stdout.splitlines() == [b"{'driver': {}, 'machines': {}}", b"[]"]
+
+
+async def test_status_page_links_carry_the_token() -> None:
+    """Every link of the status page, and its refresh, keep the token; no page sends a referrer."""
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        status, headers, body = await get(page_url(cluster.debug_url, "status"))
+        assert status == 200
+        assert headers["referrer-policy"] == "no-referrer"
+        assert "access-control-allow-origin" not in headers
+        page = body.decode()
+        [refresh] = re.findall(r'http-equiv="refresh" content="\d+; url=([^"]+)"', page)
+        links = [refresh, *re.findall(r'<a href="([^"]+)"', page)]
+        assert len(links) == 6
+        for link in links:
+            target = _bare(cluster.debug_url, link.replace("&amp;", "&"))
+            assert f"token={_token(cluster.debug_url)}" in target
+            if "profile" not in link:  # a 5 s profile: not worth the wait
+                status, headers, _ = await get(target)
+                assert status == 200, link
+                assert headers["referrer-policy"] == "no-referrer"
+        assert (await get(_bare(cluster.debug_url, "nothing")))[1]["referrer-policy"] == "no-referrer"
+
+
+async def test_host_and_origin_are_checked() -> None:
+    """A Host this server does not answer to (DNS rebinding), or a foreign Origin, is a 403."""
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        url = page_url(cluster.debug_url, "vars")
+        port = url.split(":")[2].split("/")[0]
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example", "[::1"):
+            status, _, body = await get(url, {"Host": host})
+            assert status == 403, host
+            assert b"DNS rebinding" in body
+        for host in (f"127.0.0.1:{port}", "localhost", f"LOCALHOST:{port}", "[::1]:1", socket.gethostname()):
+            assert (await get(url, {"Host": host}))[0] == 200, host
+        for origin in ("http://attacker.example", "null", f"http://localhost:{port}"):
+            status, headers, _ = await get(url, {"Origin": origin})
+            assert status == 403, origin
+            assert "access-control-allow-origin" not in headers
+        assert (await get(url, {"Origin": f"http://127.0.0.1:{port}"}))[0] == 200
+
+
+async def test_half_sent_request_is_dropped_after_the_head_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that never finishes its request head is disconnected."""
+    monkeypatch.setattr(debug, "HEAD_TIMEOUT", 0.5)
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        host, port = cluster.debug_url.split("/")[2].split(":")
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(b"GET /debug/bigactor/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            with trio.fail_after(10):
+                assert await stream.receive_some() == b""
+
+
+IDLE_CLIENTS = """
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.create_connection((host, port))
+    try:
+        s.sendall(b"GET /debug/bigactor/status HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n")  # no end of head
+    except OSError:
+        pass  # already dropped by the server
+    socks.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _accepted_on(port: int) -> int:
+    """The connections this process holds open as the server on ``port``."""
+    return sum(1 for c in psutil.Process().net_connections("tcp") if c.laddr.port == port and c.raddr)
+
+
+async def test_idle_half_sent_requests_cannot_exhaust_the_drivers_descriptors() -> None:
+    """Hundreds of idle half-sent requests hold a bounded number of descriptors, and an
+    authenticated request and a machine start still succeed while they stay connected."""
+    n = 300
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        host, port = cluster.debug_url.split("/")[2].split(":")
+        before = _open_descriptors()
+        async with trio.open_nursery() as nursery:
+            run = partial(trio.run_process, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False)
+            clients: trio.Process = await nursery.start(
+                run, [sys.executable, "-c", IDLE_CLIENTS, host, port, str(n)]
+            )
+            assert clients.stdout is not None
+            assert clients.stdin is not None
+            with trio.fail_after(60):
+                ready = b""
+                while not ready.endswith(b"\n"):
+                    ready += await clients.stdout.receive_some()
+            assert ready == b"ready\n"
+            # served after every idle connection was accepted (the backlog is first in, first out)
+            with trio.fail_after(30):
+                assert (await get(page_url(cluster.debug_url, "vars")))[0] == 200
+            await trio.testing.wait_all_tasks_blocked()
+            assert _accepted_on(int(port)) <= debug.MAX_CONNECTIONS
+            # the pipes to the clients and their pidfd, and nothing else the server holds on to
+            assert _open_descriptors() - before <= debug.MAX_CONNECTIONS + 8
+            with trio.fail_after(30):
+                [m] = await cluster.start(1, Services(spinner=Spinner()))
+                assert await m.wait(bigactor.State.RUNNING) == bigactor.State.RUNNING
+            assert (await get(page_url(cluster.debug_url, "status", format="json")))[0] == 200
+            await clients.stdin.aclose()  # the clients leave
+
+
+async def test_profile_longer_than_the_limit_is_refused() -> None:
+    """A profile over 60 s is a 400 that says why, and starts nothing."""
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        with trio.fail_after(10):
+            status, _, body = await get(page_url(cluster.debug_url, "profile", seconds=61))
+        assert status == 400
+        assert b"(0, 60]" in body
+        assert b"slows every machine" in body
+
+
+async def test_second_profile_through_the_server_is_refused_while_one_runs() -> None:
+    """One profile at a time through the server: another one meanwhile is a 409 that says why."""
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        [m] = await cluster.start(1, Services(spinner=Spinner()))
+        await m.wait(bigactor.State.RUNNING)
+        first: list[Response] = []
+
+        async def profile_for(seconds: float) -> None:
+            first.append(await get(page_url(cluster.debug_url or "", "profile", seconds=seconds)))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(profile_for, 2)
+                await _wait_until_profiling(cluster)
+                status, _, body = await get(page_url(cluster.debug_url, "profile", seconds=0.1))
+                assert status == 409
+                assert b"already running" in body
+        assert first[0][0] == 200
+
+
+async def test_profile_stops_when_its_client_leaves() -> None:
+    """A client that leaves a 60 s profile stops it on the machines: the next one runs at once."""
+    async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
+        assert cluster.debug_url is not None
+        [m] = await cluster.start(1, Services(spinner=Spinner()))
+        await m.wait(bigactor.State.RUNNING)
+        host, port = cluster.debug_url.split("/")[2].split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        target = page_url(cluster.debug_url, "profile", seconds=60).partition(port)[2]
+        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        with trio.fail_after(15):
+            await _wait_until_profiling(cluster)
+            await stream.aclose()  # the client leaves
+            while True:  # until the server has seen it leave (409s meanwhile)
+                status, _, body = await get(page_url(cluster.debug_url, "profile", seconds=0.3))
+                if status != 409:
+                    break
+                await trio.sleep(0.05)
+        assert status == 200, body
+
+
+async def test_cancelled_profile_frees_the_machine_at_once() -> None:
+    """Cancelling a long profile stops it on the machine: the next profile does not wait for it."""
+    async with bigactor.open_cluster() as cluster:
+        [m] = await cluster.start(1, Services(spinner=Spinner()))
+        await m.wait(bigactor.State.RUNNING)
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(cluster.profile, 60))
+                await _wait_until_profiling(cluster)
+                nursery.cancel_scope.cancel()
+            profile = await cluster.profile(0.3)
+        assert profile.machines == (m.addr,)
+        assert profile.errors == {}
 
 
 async def test_command_line_prints_status_and_writes_profiles(tmp_path: Path) -> None:
     """``python -m bigactor status|profile|stacks URL`` talk to a running cluster's debug server."""
-    import sys
-
     async with bigactor.open_cluster(debug_address="127.0.0.1:0") as cluster:
         url = cluster.debug_url
         assert url is not None
         [m] = await cluster.start(1, Services(spinner=Spinner()))
         await m.call("spinner.spin_async_only_on_worker", 10)
 
-        async def cli(*args: str) -> str:
-            done = await trio.run_process(
-                [sys.executable, "-m", "bigactor", *args], capture_stdout=True, capture_stderr=True
+        async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+            return await trio.run_process(
+                [sys.executable, "-m", "bigactor", *args],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env={**os.environ, **(env or {})},
             )
-            return str(done.stdout.decode())
 
-        table = await cli("status", url)
+        table = (await cli("status", url)).stdout.decode()
         header, row = table.splitlines()
         assert header.split()[:3] == ["MACHINE", "STATE", "UPTIME"]
         assert row.split()[:2] == [m.addr, "RUNNING"]
         out = tmp_path / "cli.pstats"
         await cli("profile", url, "--seconds", "0.3", "-o", str(out))
         pstats.Stats(str(out))
-        assert "trio tasks:" in await cli("stacks", url)
-        failed = await trio.run_process(
-            [sys.executable, "-m", "bigactor", "profile", url, "--seconds", "1", "--machine", "unix:/x"],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+        # a URL without its token takes it from --token or the environment
+        assert "trio tasks:" in (await cli("stacks", _bare(url), f"--token={_token(url)}")).stdout.decode()
+        env = {"BIGACTOR_DEBUG_TOKEN": _token(url)}
+        assert m.addr in (await cli("status", _bare(url), env=env)).stdout.decode()
+        failed = await cli("profile", url, "--seconds", "1", "--machine", "unix:/x")
         assert failed.returncode != 0
         assert b"404" in failed.stderr
+        failed = await cli("status", _bare(url))
+        assert failed.returncode != 0
+        assert b"401" in failed.stderr
+        assert b"needs its token" in failed.stderr
+        failed = await cli("status", _bare(url), "--token", "wrong")
+        assert failed.returncode != 0
+        assert b"refused this token" in failed.stderr

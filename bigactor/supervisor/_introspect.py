@@ -34,16 +34,18 @@ def _collapse(frame: FrameType | None, thread: str) -> str:
 
 
 def _sample(seconds: float, hz: float, stop: threading.Event) -> Counter[str]:
-    """Sample every thread's stack ``hz`` times a second (runs in a worker thread)."""
+    """Sample every thread's stack ``hz`` times a second until ``seconds`` pass or ``stop`` is
+    set (runs in a worker thread)."""
     counts: Counter[str] = Counter()
     me = threading.get_ident()
     names = {t.ident: t.name for t in threading.enumerate()}
     end = time.monotonic() + seconds
-    while time.monotonic() < end and not stop.is_set():
+    while time.monotonic() < end:
         for ident, frame in sys._current_frames().items():
             if ident != me:
                 counts[_collapse(frame, names.get(ident, f"thread {ident}"))] += 1
-        time.sleep(1 / hz)
+        if stop.wait(1 / hz):
+            break
     return counts
 
 
@@ -53,14 +55,18 @@ _profiling = trio.Lock()
 async def profile(seconds: float, hz: float = SAMPLE_HZ) -> dict[str, Any]:
     """Profile this process for ``seconds``: ``{"pstats": stats dict, "collapsed": {stack: n}}``.
 
-    One profile at a time per process; a second one waits for the first. Cancelling stops it.
+    One profile at a time per process; a second one waits for the first. Cancelling stops it
+    at once: nothing is returned, and the next profile may start right away.
     """
     async with _profiling:
         stop = threading.Event()
         profiler = cProfile.Profile()
         profiler.enable()
         try:
-            collapsed = await trio.to_thread.run_sync(_sample, seconds, hz, stop, abandon_on_cancel=False)
+            # The sampler only reads frames and has no side effects, so a cancel abandons its
+            # thread rather than waiting out the seconds; `stop` (set below) ends that thread
+            # within one sample period, and nobody reads what it counted.
+            collapsed = await trio.to_thread.run_sync(_sample, seconds, hz, stop, abandon_on_cancel=True)
         finally:
             stop.set()
             profiler.disable()
