@@ -43,6 +43,8 @@ KEEPALIVE_NEXT = 300.0  # "keep me alive for 5 min from now", as bigmachine asks
 SHUTDOWN_GRACE = 5.0
 EXIT_RACE = 0.2
 LAST_LINES = 20
+#: the longest output line quoted in an error (20 lines of 2 MB made a 40 MB message)
+QUOTED_LINE = 500
 
 
 def backoff() -> Any:
@@ -279,7 +281,10 @@ class Machine:
             if marker:
                 text = text[: -len(SYNC_MARKER)]
             if text or not marker:
-                self.last_lines.append(text)
+                self.last_lines.append(
+                    text if len(text) <= QUOTED_LINE
+                    else f"{text[:QUOTED_LINE]}[... {len(text) - QUOTED_LINE} more characters]"
+                )  # fmt: skip
                 self.output.line(text)
             if marker:
                 self._tail_done.set()

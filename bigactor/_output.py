@@ -16,6 +16,7 @@ status shows them), never raised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections import deque
@@ -27,6 +28,8 @@ log = logging.getLogger("bigactor.output")
 
 LIMIT = 512 * 1024
 HELD_LINES = 200
+#: the longest line passed on whole; a longer one is passed on in pieces of this size
+MAX_LINE = 64 * 1024
 
 
 class Unwritable(Exception):
@@ -41,6 +44,54 @@ def _write_stderr(text: str) -> None:
         raise Unwritable("sys.stderr is None")
     stream.write(text)
     stream.flush()
+
+
+class LineSplitter:
+    """Split a byte stream into text lines, in time linear in its length.
+
+    A line longer than ``MAX_LINE`` bytes is passed on in pieces of ``MAX_LINE`` (nothing is
+    lost, and a 100 MB line with no newline costs one pass, not a quadratic re-scan).
+    """
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._max = max_line
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._continued = False  # pieces of the current line were passed on already
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines completed by ``chunk``."""
+        out: list[str] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            self._add(chunk[start:end], out)
+            out.extend(self._flush(whole=True))
+            start = end + 1
+        self._add(chunk[start:], out)
+        return out
+
+    def _add(self, data: bytes, out: list[str]) -> None:
+        if data:
+            self._parts.append(data)
+            self._size += len(data)
+        if self._size >= self._max:
+            out.extend(self._flush(whole=False))
+
+    def _flush(self, whole: bool) -> list[str]:
+        data = b"".join(self._parts)
+        cut = len(data) if whole else len(data) - len(data) % self._max
+        pieces = [data[i : min(i + self._max, cut)] for i in range(0, cut, self._max)] or [b""]
+        rest = data[cut:]
+        self._parts = [rest] if rest else []
+        self._size = len(rest)
+        continued, self._continued = self._continued, not whole
+        if not pieces[0] and (continued or not whole):
+            return []  # the newline right after a line's last full piece ends it: no empty line
+        return [p.decode(errors="replace") for p in pieces]
+
+    def finish(self) -> list[str]:
+        """What is left after the stream ended (a last line with no newline)."""
+        return self._flush(whole=True) if self._size else []
 
 
 class Output:
@@ -137,5 +188,11 @@ class Output:
                 self.dropped_bytes += len(text)
                 if not self._write_failed:
                     self._write_failed = True
-                    log.warning("%scannot write output to the driver's stderr (%r); counting what is "
-                             "dropped", self._prefix, exc)  # fmt: skip
+                    # A handler on that same broken stderr may raise too (logging lets a
+                    # closed stream's ValueError out): a log line is not worth the cluster.
+                    with contextlib.suppress(Exception):
+                        log.warning(
+                            "%scannot write output to the driver's stderr (%r); counting what is dropped",
+                            self._prefix,
+                            exc,
+                        )

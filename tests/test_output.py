@@ -234,3 +234,57 @@ async def test_a_driver_without_a_working_stderr_runs_its_cluster_to_a_clean_end
     assert "CLEAN EXIT" in text
     dropped = int(text.split("DROPPED ")[1].split()[0])
     assert dropped >= 600  # every line the worker printed is counted as lost
+
+
+class Printer:
+    """Writes big output straight to fd 1, the way C code or a runaway print would."""
+
+    def one_long_line(self, mb: int) -> int:
+        chunk = b"x" * (1 << 20)
+        for _ in range(mb):
+            os.write(1, chunk)
+        os.write(1, b"\nafter the long line\n")
+        return mb
+
+    def long_lines_then_exit(self, n: int, size: int, code: int) -> None:
+        for i in range(n):
+            os.write(1, str(i).encode() * size + b"\n")
+        os._exit(code)
+
+
+@pytest.mark.slow
+async def test_a_100_mb_line_without_a_newline_passes_in_linear_time() -> None:
+    """A 100 MB line reaches the driver in 64 KiB pieces in one pass (it took 74 s before)."""
+    import bigactor
+    from bigactor._output import MAX_LINE
+
+    seen: list[str] = []
+    async with bigactor.open_cluster() as cluster:
+        printer = await cluster.spawn(Printer)
+        machine = printer.machine
+        machine.output._write = seen.append  # what would reach stderr
+        machine.output._limit = 1 << 30  # keep every line: this test counts them
+        with trio.fail_after(30):  # a bound far above linear time, far below quadratic
+            assert await printer.one_long_line(100) == 100
+            while not any("after the long line" in text for text in seen):
+                await trio.sleep(0.05)
+    lines = "".join(seen).splitlines()
+    pieces = [line for line in lines if line.endswith("x" * 100)]
+    assert sum(len(p) - len(machine.addr) - 2 for p in pieces) == 100 << 20  # nothing lost
+    assert max(len(p) for p in pieces) <= MAX_LINE + len(machine.addr) + 2
+
+
+@pytest.mark.slow
+async def test_errors_quote_last_lines_cut_to_a_bounded_size() -> None:
+    """20 lines of 2 MB then exit: the error names the real exit code and stays small."""
+    import bigactor
+    from bigactor import MachineLost, State
+
+    async with bigactor.open_cluster() as cluster:
+        printer = await cluster.spawn(Printer)
+        with pytest.raises(MachineLost):
+            await printer.long_lines_then_exit(20, 2 << 20, 3)
+        await printer.machine.wait(State.STOPPED)
+        message = str(printer.machine.error)
+    assert "exited with code 3" in message
+    assert len(message) < 20_000  # was 40 MB
