@@ -132,10 +132,35 @@ class RemoteError(BigActorError):
 _remote_types: dict[type[BaseException], type[BaseException]] = {}
 
 
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's own ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception as err:
+        return f"<str() of {type(exc).__name__} failed: {type(err).__name__}>"
+
+
+def _str_of(orig: type[BaseException]) -> Any:
+    def __str__(self: BaseException) -> str:
+        try:
+            return orig.__str__(self)
+        except Exception:
+            return str(self.__dict__.get("message", "")) or f"<str() of {orig.__name__} failed>"
+
+    return __str__
+
+
 def _remote_subclass(orig: type[BaseException]) -> type[BaseException] | None:
-    """Return a class deriving from both ``orig`` and RemoteError, or None if impossible."""
+    """Return a class deriving from both ``orig`` and RemoteError, or None if impossible.
+
+    Never for a BaseException that is not an Exception (``SystemExit``, ``KeyboardInterrupt``,
+    ``GeneratorExit``): a method's ``SystemExit(3)`` is an error of its call, and re-raised as
+    itself it would end the caller's program. Those arrive as a plain RemoteError naming them.
+    """
     if issubclass(orig, RemoteError):
         return orig
+    if not issubclass(orig, Exception):
+        return None
     sub = _remote_types.get(orig)
     if sub is None:
         try:
@@ -146,7 +171,7 @@ def _remote_subclass(orig: type[BaseException]) -> type[BaseException] | None:
                     "__module__": orig.__module__,
                     "__qualname__": orig.__qualname__,
                     "__reduce__": _remote_reduce,
-                    "__str__": orig.__str__,
+                    "__str__": _str_of(orig),
                     # It ran remotely: never re-send it, whatever the original type says.
                     "retriable": False,
                 },
@@ -174,8 +199,9 @@ def _rebuild_remote(orig: type[BaseException], args: tuple[Any, ...], state: dic
 def as_remote(exc: BaseException, type_name: str, remote_traceback: str, addr: str) -> BaseException:
     """Turn an exception rebuilt from a remote machine into one that is also a RemoteError."""
     sub = _remote_subclass(type(exc))
+    message = safe_str(exc)
     if sub is None:
-        out: BaseException = RemoteError(type_name, str(exc), remote_traceback, addr)
+        out: BaseException = RemoteError(type_name, message, remote_traceback, addr)
     elif sub is type(exc):
         out = exc
     else:
@@ -185,7 +211,7 @@ def as_remote(exc: BaseException, type_name: str, remote_traceback: str, addr: s
     # The original's own attributes win (a remote MachineLost keeps the machine it names).
     out.__dict__.update(type_name=type_name, remote_traceback=remote_traceback)
     out.__dict__.setdefault("addr", addr)
-    out.__dict__.setdefault("message", str(exc))
+    out.__dict__.setdefault("message", message)
     if remote_traceback:
         out.add_note(f"remote traceback (machine {addr}):\n{remote_traceback.rstrip()}")
     return out

@@ -7,23 +7,28 @@ import traceback
 from typing import Any
 
 from .. import _codec
-from .._errors import BigActorError, RemoteError, as_remote
+from .._errors import BigActorError, RemoteError, as_remote, safe_str
 
 
 def encode_error(exc: BaseException, framework: bool = False) -> bytes:
-    """Encode ``exc`` for an ERROR frame.
+    """Encode ``exc`` for an ERROR frame; never raises, whatever ``exc`` does.
 
     ``framework`` marks errors raised by bigactor itself on the machine (no such method, an
     argument that cannot be decoded): the caller re-raises those as they are, not as RemoteError.
+    An exception whose ``str()`` or pickling fails still travels, as its type name, what could be
+    said of it and its traceback.
     """
     t = type(exc)
     type_name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-    tb = "" if framework else "".join(traceback.format_exception(exc))
+    try:
+        tb = "" if framework else "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = ""
     try:
         blob: bytes | None = _codec.dumps(exc, "exception")
     except Exception:
         blob = None
-    return pickle.dumps((framework, type_name, str(exc), tb, blob), _codec.PROTOCOL)
+    return pickle.dumps((framework, type_name, safe_str(exc), tb, blob), _codec.PROTOCOL)
 
 
 def decode_error(payload: bytes | memoryview, addr: str) -> BaseException:

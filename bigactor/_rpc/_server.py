@@ -37,6 +37,20 @@ RunSync = Callable[..., Awaitable[Any]]
 SYNC, ASYNC, SYNC_GEN, ASYNC_GEN = "sync", "async", "sync_gen", "async_gen"
 
 
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is Trio cancelling the task (alone, or a group of nothing else).
+
+    Everything else a method raises — ``SystemExit``, ``KeyboardInterrupt`` included — is an
+    error of that one call: it goes to its caller, and the machine keeps serving the others.
+    """
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        return rest is None
+    return False
+
+
 def method_kind(fn: Any) -> str:
     """Classify a method as sync, async, sync generator or async generator."""
     fn = inspect.unwrap(fn)
@@ -115,7 +129,9 @@ class Actor:
                 continue
             try:
                 value = await run_sync(job.fn, *job.args, **job.kwargs)
-            except Exception as exc:
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    raise
                 job.done(False, exc)
             else:
                 job.done(True, value)
@@ -260,7 +276,9 @@ class CallDispatcher:
         with self._scopes[call_id]:
             try:
                 value = await fn(*args, **kwargs)
-            except Exception as exc:
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    raise
                 self._reply(conn, call_id, False, exc, stat, start, size)
                 return
             finally:
@@ -301,7 +319,9 @@ class CallDispatcher:
                         gen.close()
                 conn.send(Kind.STREAM_END, call_id)
                 ok = True
-            except Exception as exc:
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    raise
                 conn.send(Kind.ERROR, call_id, encode_error(exc))
             finally:
                 del self._scopes[call_id]
