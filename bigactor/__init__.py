@@ -45,9 +45,11 @@ Failure model
     the caller as its own type and as :class:`RemoteError`, with the remote traceback as a note.
     When a machine stops (process exit, keepalive lapse, ``cancel()``) every pending and new
     call on it raises :class:`MachineLost` at once, and ``machine.error`` says why. A broken
-    connection to a live machine raises the retriable :class:`TransportError`; ``retry_call``
-    re-sends retriable failures with backoff. An argument that cannot be serialised raises
-    :class:`CodecError` in the caller, naming the culprit, before anything is sent.
+    connection to a live machine raises :class:`TransportError` (the call may have run), or its
+    subclass :class:`CallNotSent` when the call never left (safe to re-send); ``retry_call``
+    re-sends the latter with backoff, and the former only for ``@bigactor.idempotent`` methods.
+    An argument that cannot be serialised raises :class:`CodecError` in the caller, naming the
+    culprit, before anything is sent.
 
 One program
     Every line a worker prints reaches the driver's stderr prefixed with its address; the
@@ -72,6 +74,7 @@ from ._debug import serve_debug
 from ._errors import (
     BigActorError,
     BigActorInternalError,
+    CallNotSent,
     ClusterClosed,
     CodecError,
     MachineError,
@@ -84,6 +87,7 @@ from ._errors import (
 )
 from ._machine import Machine, RemoteStream, State
 from ._open import open_cluster
+from ._rpc import idempotent
 from ._system import Instance, KeepaliveConfig, System
 from ._version import __version__
 from .supervisor import Context, DiskInfo, Info, LoadInfo, MemInfo
@@ -92,6 +96,7 @@ __all__ = [
     "ActorHandle",
     "BigActorError",
     "BigActorInternalError",
+    "CallNotSent",
     "Cluster",
     "ClusterClosed",
     "CodecError",
@@ -116,6 +121,7 @@ __all__ = [
     "System",
     "TransportError",
     "__version__",
+    "idempotent",
     "open_cluster",
     "run",
     "serve_debug",

@@ -6,7 +6,8 @@
     ├── MachineError(addr, message)
     │   ├── MachineStartError        the machine never reached RUNNING (boot, versions, init)
     │   ├── MachineLost              the machine stopped: process exit, keepalive lapse, cancel
-    │   └── TransportError           the connection broke; the machine may still be alive
+    │   └── TransportError           the connection broke; the call may have run
+    │       └── CallNotSent          the call never left the caller: safe to re-send
     ├── RemoteError                  an exception raised by the remote method
     ├── CodecError(TypeError)        a value could not be serialised or deserialised
     ├── ServiceNotFound(LookupError) no such actor or method on the machine
@@ -15,7 +16,9 @@
     └── BigActorInternalError        should never happen; please report
 
 Every class has a ``retriable`` flag: ``Machine.retry_call`` re-sends a call only when the
-error it got says so (bigmachine's severity). Every error pickles: constructors pass all their
+error it got says so (bigmachine's severity) — only :class:`CallNotSent`, whose call never left
+the caller — or, for a :class:`TransportError` (the call may have run), when the method is
+marked safe to repeat with ``@bigactor.idempotent``. Every error pickles: constructors pass all their
 arguments to ``super().__init__`` and ``__str__`` formats them, so dill rebuilds them exactly.
 
 A remote exception arrives as an instance of a subclass of both its original type and
@@ -58,10 +61,17 @@ class MachineLost(MachineError):
 
 
 class TransportError(MachineError):
-    """The connection to a machine broke or could not be made; the machine may be alive.
+    """The connection to a machine broke while a call was on it; the machine may be alive.
 
-    The call may or may not have reached the machine. It is retriable: ``retry_call`` re-sends
-    it, so only use ``retry_call`` for calls that are safe to repeat.
+    The call may or may not have reached the machine and run, so it is not retriable:
+    ``retry_call`` re-sends it only for methods marked ``@bigactor.idempotent``.
+    """
+
+
+class CallNotSent(TransportError):
+    """The call never left the caller: no connection could be made, or it broke first.
+
+    Nothing of the call reached the machine, so it is safe to re-send: retriable.
     """
 
     retriable: ClassVar[bool] = True

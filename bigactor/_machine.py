@@ -24,6 +24,7 @@ import trio
 from . import _codec, _rpc
 from ._errors import (
     BigActorError,
+    CallNotSent,
     CodecError,
     MachineError,
     MachineLost,
@@ -113,6 +114,8 @@ class Machine:
         self._next_keepalive = 0.0
         self._shutting_down = False
         self._healthy = True
+        #: "actor.method" -> whether it is marked @idempotent, as the machine said
+        self._idempotent: dict[str, bool] = {}
         self._tail_done = trio.Event()
         self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
         self.output = Output(f"{addr}: ")
@@ -403,7 +406,13 @@ class Machine:
                     if self._conn is None or self._conn.broken:
                         if self._nursery is None or self.state == State.STOPPED:
                             raise self._lost()
-                        conn, peer = await _rpc.connect(self._nursery, self.addr, self._key)
+                        try:
+                            conn, peer = await _rpc.connect(self._nursery, self.addr, self._key)
+                        except CallNotSent:
+                            raise
+                        except TransportError as exc:
+                            # No connection: whatever was to go on it never left.
+                            raise CallNotSent(self.addr, exc.message) from exc
                         _rpc.check_versions(self.addr, peer)
                         self._conn = conn
                     return self._conn
@@ -449,24 +458,28 @@ class Machine:
         """Call ``"service.method"`` on the machine with the given arguments; return its result.
 
         Waits while the machine is starting. Raises the remote exception (also a RemoteError),
-        MachineLost if the machine stops or stopped, TransportError if the connection broke,
-        CodecError if an argument cannot be serialised (before anything is sent).
+        MachineLost if the machine stops or stopped, CallNotSent if no connection could be made
+        (the call never left), TransportError if the connection broke after the call left (it
+        may have run), CodecError if an argument cannot be serialised (before anything is sent).
         Cancelling the caller cancels the remote method and raises ``trio.Cancelled``.
         """
         return await self._invoke(_codec.encode_call(method, args, kwargs), method)
 
     async def retry_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Like :meth:`call`, but re-send after retriable errors (backoff 1 s, x1.5, ≤5 s).
+        """Like :meth:`call`, but re-send after errors that allow it (backoff 1 s, x1.5, ≤5 s).
 
-        Retries until the caller's deadline; a wait that would pass the deadline is not taken
-        and the last error is raised instead. Use only for calls that are safe to repeat.
+        A call is re-sent when it never left this process (:class:`CallNotSent`), or when its
+        connection broke after it left (:class:`TransportError`: it may have run) and the method
+        is marked ``@bigactor.idempotent`` (asked of the machine once, then remembered). Retries
+        until the caller's deadline; a wait that would pass the deadline is not taken and the
+        last error is raised instead. Never after MachineLost or an error the method raised.
         """
         waits = backoff()
         while True:
             try:
                 return await self.call(method, *args, **kwargs)
             except BigActorError as exc:
-                if not exc.retriable:
+                if not exc.retriable and not await self._may_repeat(method, exc):
                     raise
                 wait = next(waits)
                 deadline = trio.current_effective_deadline()
@@ -474,6 +487,19 @@ class Machine:
                     raise
                 log.debug("%s: retrying %s in %.1f s after: %s", self.addr, method, wait, exc)
                 await trio.sleep(wait)
+
+    async def _may_repeat(self, method: str, exc: BigActorError) -> bool:
+        """Whether a call of ``method`` that may have run may run again (``@idempotent``)."""
+        if not isinstance(exc, TransportError) or isinstance(exc, RemoteError):
+            return False
+        known = self._idempotent.get(method)
+        if known is None:
+            try:
+                known = bool(await self.call("Supervisor.idempotent", method))
+            except BigActorError:
+                return False  # cannot tell (the machine is unreachable): never guess yes
+            self._idempotent[method] = known
+        return known
 
     def stream(self, method: str, *args: Any, **kwargs: Any) -> RemoteStream:
         """Call a generator method and iterate its items: ``async for x in m.stream(...)``.

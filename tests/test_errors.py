@@ -14,12 +14,14 @@ from bigactor._errors import as_remote
 
 
 def test_tree_and_retriable_flags() -> None:
-    """The tree of STYLE.md holds; only transport loss is retriable."""
+    """The tree of STYLE.md holds; only a call that never left (CallNotSent) is retriable."""
     assert issubclass(bigactor.MachineLost, bigactor.MachineError)
     assert issubclass(bigactor.CodecError, TypeError)
     assert issubclass(bigactor.ServiceNotFound, LookupError)
     assert issubclass(bigactor.ClusterClosed, trio.ClosedResourceError)
-    assert bigactor.TransportError.retriable
+    assert issubclass(bigactor.CallNotSent, bigactor.TransportError)
+    assert bigactor.CallNotSent.retriable
+    assert not bigactor.TransportError.retriable  # the call may have run
     assert not bigactor.MachineLost.retriable
     assert not bigactor.RemoteError.retriable
 
@@ -65,6 +67,7 @@ ERRORS = [
     bigactor.MachineStartError("test:1-1", "init failed"),
     bigactor.MachineLost("test:1-1", "keepalive failed after 2.0 s"),
     bigactor.TransportError("test:1-1", "connection reset"),
+    bigactor.CallNotSent("test:1-1", "cannot connect"),
     bigactor.RemoteError("KeyError", "'k'", "Traceback ...", "test:1-1"),
     bigactor.CodecError("cannot serialise arg 0", "arg 0 -> .conn -> socket"),
     bigactor.ServiceNotFound("test:1-1", "svc.nope", "no public method"),

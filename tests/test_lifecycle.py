@@ -37,7 +37,8 @@ async def test_fixtures_give_a_cluster_on_the_test_system(
 async def test_service_state_is_shipped_by_value_and_kill_breaks_calls(
     cluster: bigactor.Cluster, test_system: TestSystem, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """A service travels as a copy; ``kill`` ends the machine and the next call fails retriably."""
+    """A service travels as a copy; ``kill`` breaks calls: one already on the connection may
+    have run (TransportError), one that finds no connection never left (CallNotSent)."""
     svc = Service(index=1)
     machine = await start_one(cluster, svc=svc)
     svc.index = 99  # the machine got a copy when it started
@@ -48,10 +49,13 @@ async def test_service_state_is_shipped_by_value_and_kill_breaks_calls(
     assert not test_system.kill()  # nothing left to kill
     with pytest.raises(TransportError) as info:
         await machine.call("svc.method")
-    # Transport loss is retriable and is never confused with an error raised remotely.
-    assert info.value.retriable
+    # Transport loss is never confused with an error raised remotely.
     assert not isinstance(info.value, RemoteError)
     assert info.value.addr == machine.addr
+    with pytest.raises(bigactor.CallNotSent) as not_sent:
+        await machine.call("svc.method")  # no connection can be made: nothing left
+    assert not_sent.value.retriable
+    assert not isinstance(not_sent.value, RemoteError)
 
 
 async def test_call_pending_when_its_machine_is_killed_fails_retriably(

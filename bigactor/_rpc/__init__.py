@@ -4,7 +4,7 @@ from ._auth import VersionMismatch, check_versions, versions
 from ._connection import Connection
 from ._frames import Kind
 from ._remote import decode_error, encode_error
-from ._server import Actor, ActorTable, RunSync, method_kind, method_table
+from ._server import Actor, ActorTable, RunSync, idempotent, is_idempotent, method_kind, method_table
 from ._transport import connect, open_stream, register_scheme, serve_stream
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "connect",
     "decode_error",
     "encode_error",
+    "idempotent",
+    "is_idempotent",
     "method_kind",
     "method_table",
     "open_stream",

@@ -11,7 +11,9 @@ sends what it answers. Each side runs two tasks, owned by the nursery that runs
   payload itself (the waiting task does), so it never blocks on user data.
 
 A call costs one task switch on each side beyond the transport. When the connection breaks,
-every pending call on it fails with the connection's error at once.
+every pending call on it fails with the connection's error at once: :class:`CallNotSent` for
+calls whose frame never left the outbox (nothing of them reached the socket: safe to re-send),
+:class:`TransportError` for the others (they may have run).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import outcome
 import trio
 
 from .._codec import OOB, Payload, oob_lengths
-from .._errors import ProtocolError, TransportError
+from .._errors import CallNotSent, ProtocolError, TransportError
 from . import _frames
 from ._frames import Kind
 from ._websocket import WebSocket, WebSocketClosed
@@ -72,7 +74,10 @@ class Connection:
         self._ws = ws
         self._dispatcher = dispatcher
         self._on_close = on_close
-        self._outbox: deque[tuple[int, list[_frames.Piece], tuple[memoryview, ...]]] = deque()
+        #: (size, pieces, out-of-band buffers, id of the CALL it belongs to or 0)
+        self._outbox: deque[tuple[int, list[_frames.Piece], tuple[memoryview, ...], int]] = deque()
+        #: calls whose CALL frame is still in the outbox: nothing of them was written yet
+        self._unsent: set[int] = set()
         self._wakeup = trio.Event()
         self._pending: dict[int, trio.lowlevel.Task] = {}
         self._streams: dict[int, _Stream] = {}
@@ -104,9 +109,12 @@ class Connection:
             if self._ws.backlog:
                 self._wakeup.set()
             return
+        call = call_id if kind == Kind.CALL else 0
+        if call:
+            self._unsent.add(call)
         for frame in frames[:-1]:
-            self._outbox.append((sum(len(p) for p in frame), frame, ()))
-        self._outbox.append((sum(len(p) for p in frames[-1]), frames[-1], tuple(buffers)))
+            self._outbox.append((sum(len(p) for p in frame), frame, (), call))
+        self._outbox.append((sum(len(p) for p in frames[-1]), frames[-1], tuple(buffers), call))
         self._wakeup.set()
 
     def send_payload(self, kind: Kind, call_id: int, payload: Payload, flags: int = 0) -> None:
@@ -122,11 +130,13 @@ class Connection:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            size, parts, buffers = self._outbox.popleft()
+            size, parts, buffers, call = self._outbox.popleft()
+            self._unsent.discard(call)  # from here on, some of it may reach the machine
             more: list[_frames.Piece] = []
             # A frame with out-of-band buffers ends its message: the buffers follow it at once.
             while not buffers and self._outbox and size + self._outbox[0][0] <= MAX_MESSAGE:
-                n, more, buffers = self._outbox.popleft()
+                n, more, buffers, call = self._outbox.popleft()
+                self._unsent.discard(call)
                 size += n
                 parts.extend(more)
             await self._ws.send_message(parts)
@@ -253,15 +263,24 @@ class Connection:
         self._close(error)
         scope.cancel()
 
+    def _not_sent(self) -> CallNotSent:
+        """The error of a call that never left this side of the broken connection."""
+        error = self.error
+        message = error.message if isinstance(error, TransportError) else str(error)
+        exc = CallNotSent(self.addr, f"{message} (the call was not sent)")
+        exc.__cause__ = error
+        return exc
+
     def _close(self, error: BaseException) -> None:
         if self.error is not None:
             return
         self.error = error
+        not_sent = self._not_sent() if isinstance(error, TransportError) else error
         pending, self._pending = self._pending, {}
-        for task in pending.values():
-            trio.lowlevel.reschedule(task, outcome.Error(error))
-        for stream in self._streams.values():
-            stream.items.append((Kind.ERROR, 0, error))
+        for call_id, task in pending.items():
+            trio.lowlevel.reschedule(task, outcome.Error(not_sent if call_id in self._unsent else error))
+        for call_id, stream in self._streams.items():
+            stream.items.append((Kind.ERROR, 0, not_sent if call_id in self._unsent else error))
             stream.done = True
             if stream.task is not None:
                 trio.lowlevel.reschedule(stream.task)
@@ -291,7 +310,7 @@ class Connection:
         Cancelling the caller sends CANCEL to the machine and re-raises ``trio.Cancelled``.
         """
         if self.error is not None:
-            raise self.error
+            raise self._not_sent()
         call_id = self._next_id
         self._next_id += 1
         task = trio.lowlevel.current_task()
@@ -309,7 +328,7 @@ class Connection:
     def open_stream(self, payload: Payload) -> int:
         """Send a streaming CALL; read it with :meth:`next_item`; end with :meth:`close_stream`."""
         if self.error is not None:
-            raise self.error
+            raise self._not_sent()
         call_id = self._next_id
         self._next_id += 1
         self._streams[call_id] = _Stream()

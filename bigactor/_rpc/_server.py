@@ -63,6 +63,25 @@ def method_kind(fn: Any) -> str:
     return SYNC
 
 
+def idempotent(fn: Any) -> Any:
+    """Mark an actor method as safe to run more than once for one call.
+
+    ``Machine.retry_call`` re-sends a call whose connection broke after it left (it may have
+    run) only for methods marked so. Use it for reads and for writes that set rather than add::
+
+        class Store:
+            @bigactor.idempotent
+            async def get(self, key): ...
+    """
+    inspect.unwrap(fn).__bigactor_idempotent__ = True
+    return fn
+
+
+def is_idempotent(fn: Any) -> bool:
+    """Whether ``fn`` (a function or bound method) is marked with :func:`idempotent`."""
+    return bool(getattr(inspect.unwrap(fn), "__bigactor_idempotent__", False))
+
+
 def method_table(obj: Any) -> dict[str, str]:
     """Public methods of a class or instance with their kinds."""
     cls = obj if isinstance(obj, type) else type(obj)

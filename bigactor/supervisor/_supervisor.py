@@ -118,6 +118,11 @@ class Supervisor:
                 raise
         return actor
 
+    async def idempotent(self, target: str) -> bool:
+        """Whether ``"actor.method"`` is marked ``@bigactor.idempotent`` (safe to re-send)."""
+        _, fn, _ = self._worker.table.resolve(target)
+        return _rpc.is_idempotent(fn)
+
     async def actors(self) -> dict[str, dict[str, str]]:
         return {name: a.methods for name, a in self._worker.table.actors.items()}
 
