@@ -548,8 +548,10 @@ class RemoteStream:
         if self._finished:
             raise StopAsyncIteration
         if self._conn is None:
-            self._conn = await self._machine._connection()
             try:
+                # A machine killed a moment ago refuses the connection before its exit is
+                # seen: classified like a call's error, that is MachineLost, not the refusal.
+                self._conn = await self._machine._connection()
                 self._id = self._conn.open_stream(self._payload)
             except TransportError as exc:
                 self._finished = True

@@ -182,6 +182,11 @@ class Recorder:
         finally:
             self.stream_ended.set()
 
+    async def big_forever(self, size: int) -> AsyncIterator[bytes]:
+        while True:
+            self.produced += 1
+            yield bytes(size)
+
     def produced_count(self) -> int:
         return self.produced
 

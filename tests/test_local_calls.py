@@ -90,12 +90,16 @@ async def test_malformed_frames_close_that_connection_only_with_a_logged_reason(
     # A call announcing one out-of-band buffer of 10 bytes.
     oob = (1).to_bytes(4, "little") + (10).to_bytes(8, "little") + b"pickle"
     oob_frame = _frames.HEADER.pack(Kind.CALL, _frames.OOB, 1, len(oob)) + oob
+    # One announcing 2**64 - 1 bytes (it crashed the reader with OverflowError).
+    huge = (1).to_bytes(4, "little") + (2**64 - 1).to_bytes(8, "little") + b"pickle"
+    huge_frame = _frames.HEADER.pack(Kind.CALL, _frames.OOB, 1, len(huge)) + huge
     cases = [
         ([b"garbage"], "truncated frame header"),
         ([truncated], "payload of 100 bytes, 10 left"),
         ([unknown_kind], "unknown frame kind 99"),
         ([oob_frame + _frames.HEADER.pack(Kind.CANCEL, 0, 1, 0)], "must end its message"),
         ([oob_frame, b"short"], "out-of-band buffer of 5 bytes, 10 announced"),
+        ([huge_frame], f"buffers of {2**64 - 1} bytes announced"),
     ]
     async with bigactor.open_cluster(log_level=logging.WARNING) as cluster:
         [m] = await cluster.start(1, Services(echo=Echo()))

@@ -15,7 +15,7 @@ from bigactor import (
     MachineLost,
     RemoteError,
 )
-from bigactor._rpc._connection import STREAM_WINDOW
+from bigactor._rpc._connection import STREAM_BYTES, STREAM_WINDOW
 
 
 async def test_async_generator_streams_items_in_order(
@@ -176,3 +176,23 @@ async def test_buffer_larger_than_the_message_limit_still_travels(
     machine = await start_one(cluster, svc=Service())
     data = bytes(range(256)) * (3 * (1 << 20) // 256)
     assert await machine.call("svc.echo", data) == data
+
+
+async def test_stream_back_pressure_counts_bytes_too(
+    cluster: bigactor.Cluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Big items: the producer stops at STREAM_BYTES in flight, not at 32 items (20 MB items
+    took the driver to +640 MB)."""
+    recorder = await cluster.spawn(Recorder)
+    size = 3 << 20
+    consumed = 0
+    async with recorder.big_forever(size) as stream:
+        async for item in stream:
+            assert len(item) == size
+            consumed += 1
+            await trio.testing.wait_all_tasks_blocked()
+            produced = await recorder.produced_count()
+            # What fits in the byte window, plus one over it, plus the one being made.
+            assert produced <= consumed + STREAM_BYTES // size + 2
+            if consumed == 10:
+                break

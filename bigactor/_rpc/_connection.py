@@ -29,6 +29,7 @@ import trio
 
 from .._codec import OOB, Payload, oob_lengths
 from .._errors import CallNotSent, ProtocolError, TransportError
+from .._metrics import payload_size
 from . import _frames
 from ._frames import Kind
 from ._websocket import WebSocket, WebSocketClosed
@@ -36,7 +37,12 @@ from ._websocket import WebSocket, WebSocketClosed
 log = logging.getLogger("bigactor.rpc")
 
 MAX_MESSAGE = _frames.CHUNK + 64 * 1024
+#: the most bytes of out-of-band buffers one frame may announce (more is a protocol error)
+MAX_BUFFERS = 1 << 40
+#: a stream's producer runs at most this many items ahead of its consumer...
 STREAM_WINDOW = 32
+#: ...and at most this many bytes (but always one item, however big)
+STREAM_BYTES = 8 << 20
 
 
 class Dispatcher(Protocol):
@@ -51,13 +57,14 @@ class Dispatcher(Protocol):
 class _Stream:
     """Caller-side state of one streamed reply."""
 
-    __slots__ = ("consumed", "done", "items", "task")
+    __slots__ = ("consumed", "consumed_bytes", "done", "items", "task")
 
     def __init__(self) -> None:
         self.items: deque[tuple[int, int, Any]] = deque()
         self.task: trio.lowlevel.Task | None = None
         self.done = False
         self.consumed = 0
+        self.consumed_bytes = 0
 
 
 class Connection:
@@ -179,6 +186,11 @@ class Connection:
             lengths = oob_lengths(payload)
         except (ValueError, struct.error) as exc:
             raise ProtocolError(f"malformed out-of-band header: {exc}") from exc
+        if sum(lengths) > MAX_BUFFERS:
+            # 2**64-1 used to crash the reader with OverflowError or SystemError.
+            raise ProtocolError(
+                f"out-of-band buffers of {sum(lengths)} bytes announced (at most {MAX_BUFFERS})"
+            )
         buffers = []
         for length in lengths:
             buffer = await self._ws.get_message(limit=length)
@@ -349,9 +361,12 @@ class Connection:
         item = stream.items.popleft()
         if item[0] == Kind.STREAM_DATA:
             stream.consumed += 1
-            if stream.consumed >= STREAM_WINDOW // 2:
+            stream.consumed_bytes += payload_size(item[2])
+            # Credit back half a window of items or of bytes, whichever comes first: the
+            # producer waits on either, so each must be able to release it.
+            if stream.consumed >= STREAM_WINDOW // 2 or stream.consumed_bytes >= STREAM_BYTES // 2:
                 self.send(Kind.CREDIT, call_id, stream.consumed.to_bytes(4, "little"))
-                stream.consumed = 0
+                stream.consumed = stream.consumed_bytes = 0
         return item
 
     def close_stream(self, call_id: int) -> None:

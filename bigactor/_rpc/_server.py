@@ -17,6 +17,7 @@ import inspect
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from .. import _codec
 from .._errors import CodecError, ProtocolError, ServiceNotFound
 from .._metrics import MethodStats, Registry, payload_size
 from . import _frames
-from ._connection import STREAM_WINDOW, Connection
+from ._connection import STREAM_BYTES, STREAM_WINDOW, Connection
 from ._frames import Kind
 from ._remote import encode_error
 
@@ -105,6 +106,14 @@ class _Job:
     ) -> None:
         self.fn, self.args, self.kwargs, self.done = fn, args, kwargs, done
         self.cancelled = False
+
+
+def _closed(name: str) -> Callable[[bool, Any], None]:
+    def done(ok: bool, value: Any) -> None:
+        if not ok:
+            log.warning("actor %s: closing a generator raised %r", name, value)
+
+    return done
 
 
 class Actor:
@@ -201,11 +210,23 @@ class ActorTable:
 
 
 class _Credit:
-    __slots__ = ("event", "n")
+    """What a stream's producer may still send: items, and bytes in flight (back-pressure)."""
+
+    __slots__ = ("event", "in_flight", "n", "sizes")
 
     def __init__(self) -> None:
         self.n = STREAM_WINDOW
+        self.sizes: deque[int] = deque()  # of the items sent and not yet credited back
+        self.in_flight = 0
         self.event = trio.Event()
+
+    def blocked(self) -> bool:
+        return self.n <= 0 or (self.in_flight >= STREAM_BYTES and bool(self.sizes))
+
+    def returned(self, n: int) -> None:
+        self.n += n
+        for _ in range(min(n, len(self.sizes))):
+            self.in_flight -= self.sizes.popleft()
 
 
 class CallDispatcher:
@@ -335,7 +356,11 @@ class CallDispatcher:
                         while (item := await actor.run_sync(next, gen, end)) is not end:
                             sent += await self._send_item(conn, call_id, credit, item)
                     finally:
-                        gen.close()
+                        # Closed on the actor's own thread, queued after the step that may
+                        # still run there (a cancelled caller does not stop a running next()):
+                        # the generator's finally runs as soon as that step ends, where its
+                        # code always runs, never on the event loop's thread.
+                        actor.submit(_Job(gen.close, (), {}, _closed(actor.name)))
                 conn.send(Kind.STREAM_END, call_id)
                 ok = True
             except BaseException as exc:
@@ -348,11 +373,13 @@ class CallDispatcher:
                 stat.record(time.perf_counter() - start, ok, size, sent)
 
     async def _send_item(self, conn: Connection, call_id: int, credit: _Credit, item: Any) -> int:
-        while credit.n <= 0:
+        while credit.blocked():
             await credit.event.wait()
             credit.event = trio.Event()
-        credit.n -= 1
         data = _codec.encode(item, "a streamed item")
+        credit.n -= 1
+        credit.sizes.append(data.size)
+        credit.in_flight += data.size
         conn.send_payload(Kind.STREAM_DATA, call_id, data)
         return data.size
 
@@ -367,7 +394,7 @@ class CallDispatcher:
     def credit_received(self, call_id: int, n: int) -> None:
         credit = self._credits.get(call_id)
         if credit is not None:
-            credit.n += n
+            credit.returned(n)
             credit.event.set()
 
     def closed(self) -> None:
