@@ -207,6 +207,8 @@ class Machine:
         self._set_state(State.STOPPED)
         if self._conn is not None:
             self._conn.abort(self._lost())
+            # A stopped machine is kept a while for status(): not its connection's buffers.
+            self._conn = None
         self._scope.cancel()
         if self._on_stop is not None:
             self._on_stop(self)

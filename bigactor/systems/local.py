@@ -256,6 +256,7 @@ class _ForkServer:
         self._forked: dict[int, tuple[trio.Event, list[int]]] = {}
         self._exits: dict[int, trio.Event] = {}
         self._codes: dict[int, int] = {}
+        self._send_lock = trio.Lock()
         self.alive = True
 
     @classmethod
@@ -315,9 +316,12 @@ class _ForkServer:
         self._forked[request_id] = (event, slot)
         message = json.dumps({"id": request_id, "env": env, "cwd": cwd}).encode()
         try:
-            await self._sock.sendmsg(
-                [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-            )
+            # One sender at a time: concurrent starts would otherwise both wait on a full
+            # socket, and trio refuses two waiters on one descriptor (BusyResourceError).
+            async with self._send_lock:
+                await self._sock.sendmsg(
+                    [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                )
         except OSError:
             self._forked.pop(request_id, None)
             return None
