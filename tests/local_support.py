@@ -239,6 +239,18 @@ async def run_script(tmp_path: Path, source: str) -> subprocess.CompletedProcess
     return result
 
 
+async def first_line(proc: trio.Process, what: str) -> bytes:
+    """The first line ``proc`` prints on its stdout pipe (within 60 s)."""
+    assert proc.stdout is not None
+    out = b""
+    with trio.fail_after(60):
+        while not out.endswith(b"\n"):
+            chunk = await proc.stdout.receive_some(4096)
+            assert chunk, f"the driver ended before it printed {what}"
+            out += chunk
+    return out
+
+
 def gone(pid: int) -> bool:
     """Whether process ``pid`` has exited (a zombie nobody reaped yet counts as exited)."""
     try:

@@ -31,6 +31,7 @@ from local_support import (
     Sleeper,
     call_killed_midway,
     existing,
+    first_line,
     gone,
     run_script,
     socket_dir,
@@ -264,13 +265,7 @@ async def test_driver_killed_with_sigkill_leaves_no_worker(tmp_path: Path) -> No
     pids: list[int] = []
     sockets = ""
     try:
-        assert proc.stdout is not None
-        out = b""
-        with trio.fail_after(60):
-            while not out.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(4096)
-                assert chunk, "the driver exited before printing its workers' pids"
-                out += chunk
+        out = await first_line(proc, "its workers' pids")
         sockets, *rest = out.decode().split()
         pids = [int(p) for p in rest]
         assert len(pids) == 2

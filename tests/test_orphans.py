@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 import trio
-from local_support import Echo, gone, wait_gone
+from local_support import Echo, first_line, gone, wait_gone
 
 import bigactor
 from bigactor import MachineLost, Services, State
@@ -99,13 +99,8 @@ async def start_driver(tmp_path: Path, how: str, forkserver: bool) -> Driver:
         stdout=subprocess.PIPE,
         cwd=tmp_path,
     )
+    out = await first_line(proc, "its workers")
     assert proc.stdout is not None
-    out = b""
-    with trio.fail_after(60):
-        while not out.endswith(b"\n"):
-            chunk = await proc.stdout.receive_some(4096)
-            assert chunk, "the driver ended before it reported its workers"
-            out += chunk
     await proc.stdout.aclose()
     return Driver(proc, json.loads(out))
 
