@@ -398,19 +398,23 @@ class _Guardian:
             raise
         finally:
             theirs.close()
+        mine.setblocking(False)
         old, self._sock = self._sock, mine
         if old is not None:
             old.close()
         self._send(f"D {self._dir}")
 
     def _send(self, message: str, fds: list[int] | None = None) -> None:
-        # Datagrams of a few bytes to a socket the guardian drains at once: a plain blocking
-        # send never waits in practice, and must not be lost to cancellation.
+        # Datagrams of a few bytes to a socket the guardian drains at once: sent at once, not
+        # awaited, so cancellation never loses one. Never blocking either: a guardian that
+        # does not drain (stopped) must not hang the driver; that worker is then unguarded.
         if self._sock is None:
             return
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         try:
             self._sock.sendmsg([message.encode()], ancillary)
+        except BlockingIOError:
+            log.warning("the guardian process does not keep up; %r is not guarded", message)
         except OSError as exc:  # the guardian died: run() starts the next one, which is told
             log.debug("guardian: %s not sent: %r", message, exc)
 
