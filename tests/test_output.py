@@ -266,7 +266,7 @@ async def test_a_100_mb_line_without_a_newline_passes_in_linear_time() -> None:
         machine.output._limit = 1 << 30  # keep every line: this test counts them
         with trio.fail_after(30):  # a bound far above linear time, far below quadratic
             assert await printer.one_long_line(100) == 100
-            while not any("after the long line" in text for text in seen):
+            while not any("after the long line" in text for text in seen):  # noqa: ASYNC110
                 await trio.sleep(0.05)
     lines = "".join(seen).splitlines()
     pieces = [line for line in lines if line.endswith("x" * 100)]
