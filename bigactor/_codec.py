@@ -217,25 +217,49 @@ def encode(value: Any, what: str = "value") -> Payload:
         raise CodecError(f"cannot serialise {what}: {type(exc).__name__}: {exc}", path) from exc
 
 
-def oob_lengths(data: memoryview) -> list[int]:
-    """The lengths of the out-of-band buffers announced at the start of an OOB payload."""
+class _MalformedHeader(CodecError, ValueError):
+    """An out-of-band header that does not parse. Also a ValueError: the connection's reader
+    (``_rpc._connection``) turns a ValueError from :func:`oob_lengths` into a protocol error."""
+
+
+def oob_lengths(data: bytes | bytearray | memoryview) -> list[int]:
+    """The lengths of the out-of-band buffers announced at the start of an OOB payload.
+
+    Raises CodecError (also a ValueError) if the header is truncated.
+    """
+    size = len(data)
+    if size < _U32.size:
+        raise _MalformedHeader(f"truncated out-of-band header: {size} bytes, no buffer count")
     (n,) = _U32.unpack_from(data, 0)
-    if len(data) < _U32.size + _U64.size * n:
-        raise ValueError("truncated out-of-band header")
-    return [_U64.unpack_from(data, _U32.size + _U64.size * i)[0] for i in range(n)]
+    if size < _U32.size + _U64.size * n:
+        raise _MalformedHeader(f"truncated out-of-band header: {n} buffers announced in {size} bytes")
+    return list(struct.unpack_from(f"<{n}Q", data, _U32.size))
 
 
-def decode(data: Any, flags: int) -> Any:
+def decode(data: Any, flags: int, what: str = "a payload") -> Any:
     """Decode what :func:`encode` made: a payload, or for OOB a (payload, buffers) pair.
 
-    Only ever on authenticated bytes.
+    Only ever on authenticated bytes: unpickling runs whatever the pickle names. Any failure
+    raises CodecError naming ``what`` and the cause (chained as ``__cause__``).
     """
+    try:
+        return _unpickle(data, flags)
+    except Exception as exc:
+        detail = str(exc) if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
+        raise CodecError(f"cannot decode {what}: {detail}") from exc
+
+
+def _unpickle(data: Any, flags: int) -> Any:
     if not flags & OOB:
         return pickle.loads(data)
     payload, buffers = data
     lengths = oob_lengths(payload)
-    if lengths != [memoryview(b).nbytes for b in buffers]:
-        raise ValueError("out-of-band buffers do not match their announcement")
+    sizes = [memoryview(b).nbytes for b in buffers]
+    if lengths != sizes:
+        raise CodecError(
+            f"its out-of-band header announces {len(lengths)} buffers of {sum(lengths)} bytes, "
+            f"{len(sizes)} of {sum(sizes)} bytes arrived"
+        )
     return pickle.loads(payload[_U32.size + _U64.size * len(lengths) :], buffers=buffers)
 
 

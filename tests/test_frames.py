@@ -61,7 +61,7 @@ async def test_websocket_limit_and_large_messages_over_memory_streams() -> None:
 
     a, b = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
-        got: list = []
+        got: list[bytes] = []
 
         async def serve() -> None:
             ws = await server_upgrade(b)

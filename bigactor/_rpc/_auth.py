@@ -5,15 +5,33 @@ private pipe; it never travels on the connection). The exchange is a challenge-r
 fresh nonces, so a recorded handshake cannot be replayed and neither side learns anything about
 the key::
 
-    client -> server  HELLO  magic | nonce_c (32 B) | versions (JSON)
-    server -> client  WELCOME nonce_s (32 B) | mac_s | versions (JSON)
-                      mac_s = HMAC(key, "server" | nonce_c | nonce_s | both version blobs)
-    client -> server  PROOF  mac_c = HMAC(key, "client" | nonce_s | nonce_c)
+    client -> server  HELLO    magic | nonce_c (32 B) | versions_c (JSON)
+    server -> client  WELCOME  nonce_s (32 B) | mac_s | versions_s (JSON)
+    client -> server  PROOF    mac_c
     server -> client  OK
 
-Only plain bytes and JSON are parsed here. The caller decodes frames only after
-:func:`client_handshake` / :func:`server_handshake` returned. Versions of Python, bigactor and
-dill are compared by the client: a mismatch fails the machine, naming both sides.
+    mac_s = HMAC-SHA256(key, transcript("server"))
+    mac_c = HMAC-SHA256(key, transcript("client"))
+    transcript(role) = DOMAIN, role, addr, nonce_c, nonce_s, versions_c, versions_s
+                       (each field length-prefixed, so no two transcripts read the same)
+
+``addr`` is the address the client dialed, and for the server its own address. Binding both
+proofs to it stops a relay: a driver that dials an attacker's address has its handshake
+forwarded to a real worker, but the worker's proof covers the worker's address, not the one the
+driver dialed, so the driver refuses it (and the driver's proof, covering the attacker's
+address, would fail at the worker); the attacker never holds an authenticated connection to
+inject frames into. The role label keeps one side's proof from ever serving as the other's,
+and both nonces make every proof good for one connection only. Addresses compare as strings:
+dial a machine by the address it reports (``Machine.addr``). The binding costs nothing per
+frame: once both proofs passed, frames travel as before. So it cannot stop an attacker who sits
+on the path of a connection the driver meant to make and alters its bytes after the handshake:
+that is for the transport to rule out (on the local system, a socket in a directory only the
+driver's user can enter; between hosts, mutual TLS).
+
+Only plain bytes and JSON are parsed here, and the JSON only after the server proved it holds
+the key. The caller decodes frames only after :func:`client_handshake` /
+:func:`server_handshake` returned. Versions of Python, bigactor and dill are compared by the
+client: a mismatch fails the machine, naming both sides.
 """
 
 from __future__ import annotations
@@ -22,7 +40,9 @@ import hashlib
 import hmac
 import json
 import platform
+import re
 import secrets
+import struct
 from typing import Any, Protocol
 
 import dill
@@ -30,9 +50,13 @@ import dill
 from .. import _version
 from .._errors import ProtocolError
 
-MAGIC = b"bigactor/1\n"
+#: Opens every HELLO; the number changes whenever the handshake does (2: proofs bound to the
+#: dialed address and the whole transcript).
+MAGIC = b"bigactor/2\n"
+DOMAIN = b"bigactor connection handshake"
 NONCE = 32
 MAC = hashlib.sha256().digest_size
+_LENGTH = struct.Struct("<I")
 
 
 class MessageChannel(Protocol):
@@ -57,8 +81,27 @@ def versions() -> dict[str, str]:
     }
 
 
-def _mac(key: bytes, *parts: bytes) -> bytes:
-    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+def _versions_blob() -> bytes:
+    return json.dumps(versions(), sort_keys=True).encode()
+
+
+def transcript_mac(
+    key: bytes, role: bytes, addr: str, nonce_c: bytes, nonce_s: bytes, versions_c: bytes, versions_s: bytes
+) -> bytes:
+    """The proof of ``role`` (``b"server"`` or ``b"client"``): an HMAC of the whole exchange."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in (
+        DOMAIN,
+        role,
+        addr.encode("utf-8", "surrogatepass"),
+        nonce_c,
+        nonce_s,
+        versions_c,
+        versions_s,
+    ):
+        mac.update(_LENGTH.pack(len(part)))
+        mac.update(part)
+    return mac.digest()
 
 
 async def _get(channel: MessageChannel, what: str) -> bytes:
@@ -68,39 +111,66 @@ async def _get(channel: MessageChannel, what: str) -> bytes:
     return bytes(msg)
 
 
-async def client_handshake(channel: MessageChannel, key: bytes) -> dict[str, Any]:
-    """Authenticate the server and prove ourselves; return the server's versions."""
+async def client_handshake(channel: MessageChannel, key: bytes, addr: str) -> dict[str, Any]:
+    """Authenticate the server at ``addr`` (the address dialed) and prove ourselves to it.
+
+    Returns the server's versions (see :func:`check_versions`). Raises AuthError if the server
+    does not hold the key or is not the machine at ``addr``; nothing is sent after that.
+    """
     nonce_c = secrets.token_bytes(NONCE)
-    mine = json.dumps(versions(), sort_keys=True).encode()
-    await channel.send_message(MAGIC + nonce_c + mine)
+    versions_c = _versions_blob()
+    await channel.send_message(MAGIC + nonce_c + versions_c)
     welcome = await _get(channel, "welcome")
     if len(welcome) < NONCE + MAC:
-        raise AuthError("short welcome from server")
-    nonce_s, mac_s, theirs = welcome[:NONCE], welcome[NONCE : NONCE + MAC], welcome[NONCE + MAC :]
-    if not hmac.compare_digest(mac_s, _mac(key, b"server", nonce_c, nonce_s, mine, theirs)):
-        raise AuthError("server failed authentication (wrong cluster key)")
-    await channel.send_message(_mac(key, b"client", nonce_s, nonce_c))
+        raise AuthError(f"short welcome from the server ({len(welcome)} bytes)")
+    nonce_s, mac_s, versions_s = welcome[:NONCE], welcome[NONCE : NONCE + MAC], welcome[NONCE + MAC :]
+    expected = transcript_mac(key, b"server", addr, nonce_c, nonce_s, versions_c, versions_s)
+    if not hmac.compare_digest(mac_s, expected):
+        raise AuthError(
+            "server failed authentication: it does not hold the cluster key, or it is not the "
+            f"machine at {addr} (a relayed connection)"
+        )
+    await channel.send_message(transcript_mac(key, b"client", addr, nonce_c, nonce_s, versions_c, versions_s))
     if await _get(channel, "ok") != b"OK":
         raise AuthError("server did not accept the handshake")
     try:
-        peer: dict[str, Any] = json.loads(theirs)
-    except ValueError as exc:
+        peer = json.loads(versions_s)
+    except (ValueError, RecursionError) as exc:
         raise AuthError("server sent unreadable versions") from exc
+    if not isinstance(peer, dict):
+        raise AuthError("server sent unreadable versions")
     return peer
 
 
-async def server_handshake(channel: MessageChannel, key: bytes) -> None:
-    """Authenticate a client; raise AuthError (and decode nothing) if it fails."""
+async def server_handshake(channel: MessageChannel, key: bytes, addr: str) -> None:
+    """Authenticate a client that dialed us at ``addr`` (our own address).
+
+    Raises AuthError, having decoded nothing, if the client does not hold the key or dialed
+    another address (its handshake was relayed to us).
+    """
     hello = await _get(channel, "hello")
-    if not hello.startswith(MAGIC) or len(hello) < len(MAGIC) + NONCE:
+    if not hello.startswith(MAGIC):
+        other = re.match(rb"bigactor/[0-9]{1,6}\n", hello)
+        if other is not None:
+            raise AuthError(
+                f"peer speaks handshake {other.group().strip().decode()}, this machine "
+                f"{MAGIC.strip().decode()}: driver and worker run different bigactor versions"
+            )
         raise AuthError("peer did not open with the bigactor handshake")
-    nonce_c, theirs = hello[len(MAGIC) : len(MAGIC) + NONCE], hello[len(MAGIC) + NONCE :]
+    if len(hello) < len(MAGIC) + NONCE:
+        raise AuthError(f"short hello from the client ({len(hello)} bytes)")
+    nonce_c, versions_c = hello[len(MAGIC) : len(MAGIC) + NONCE], hello[len(MAGIC) + NONCE :]
     nonce_s = secrets.token_bytes(NONCE)
-    mine = json.dumps(versions(), sort_keys=True).encode()
-    await channel.send_message(nonce_s + _mac(key, b"server", nonce_c, nonce_s, theirs, mine) + mine)
+    versions_s = _versions_blob()
+    mac_s = transcript_mac(key, b"server", addr, nonce_c, nonce_s, versions_c, versions_s)
+    await channel.send_message(nonce_s + mac_s + versions_s)
     proof = await _get(channel, "proof")
-    if not hmac.compare_digest(proof, _mac(key, b"client", nonce_s, nonce_c)):
-        raise AuthError("client failed authentication (wrong cluster key)")
+    expected = transcript_mac(key, b"client", addr, nonce_c, nonce_s, versions_c, versions_s)
+    if not hmac.compare_digest(proof, expected):
+        raise AuthError(
+            "client failed authentication: it does not hold the cluster key, or it dialed "
+            f"another address than {addr} (a relayed connection)"
+        )
     await channel.send_message(b"OK")
 
 

@@ -12,6 +12,12 @@ toward an HTTP intermediary; bigactor's connections carry no browser traffic, cr
 intermediary, and are authenticated before any payload is read. A random key would cost a full
 pass over every payload in Python (~400 ms for 64 MiB here). The frames are otherwise standard,
 and frames masked with any key are accepted and unmasked.
+
+A peer that breaks the protocol gets a close frame saying why (RFC 6455 §7.4: 1002 for a
+malformed frame, 1007 for a close reason that is not UTF-8, 1009 for a message over the limit)
+and :class:`ProtocolError` is raised: reserved bits or opcodes (3-7, 11-15), a frame masked
+the wrong way for its direction, a 64-bit length with its top bit set, a control frame over 125
+bytes or fragmented, a close frame with a 1-byte payload or a status code no endpoint may send.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import platform
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -40,6 +46,14 @@ SMALL_SEND = 64 * 1024  # messages up to this size are joined and sent with one 
 SOCKET_BUFFER = 4 << 20  # kernel send/receive buffer asked for on sockets
 
 OP_CONT, OP_BINARY, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x1, 0x8, 0x9, 0xA
+_DATA_OPCODES = frozenset({OP_CONT, OP_BINARY, OP_TEXT})
+_CONTROL_OPCODES = frozenset({OP_CLOSE, OP_PING, OP_PONG})
+MAX_LENGTH = (1 << 63) - 1  # RFC 6455 §5.2: the top bit of a 64-bit length must be 0
+
+# Close codes a peer may send (RFC 6455 §7.4.1, and 1012-1014 registered with IANA since),
+# then 3000-4999 for libraries and applications. 1005, 1006 and 1015 only ever describe a
+# close locally; the rest of 0-2999 is unassigned.
+_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 Piece = bytes | bytearray | memoryview
 
@@ -71,16 +85,20 @@ def _unmask(data: memoryview, key: bytes) -> bytes:
 
 
 async def _read_headers(stream: trio.abc.Stream) -> tuple[list[bytes], bytes]:
-    buf = b""
-    while b"\r\n\r\n" not in buf:
+    # Linear in the bytes received however they are split: a peer sending a byte at a time
+    # must not make each arrival rescan (or copy) all the headers so far.
+    buf = bytearray()
+    end = -1
+    while end < 0:
         if len(buf) > MAX_HEADERS:
             raise HandshakeFailed("websocket upgrade headers too large")
         chunk = await stream.receive_some(4096)
         if not chunk:
             raise HandshakeFailed("connection closed during the websocket upgrade")
+        start = max(0, len(buf) - 3)
         buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    return head.split(b"\r\n"), rest
+        end = buf.find(b"\r\n\r\n", start)
+    return bytes(buf[:end]).split(b"\r\n"), bytes(buf[end + 4 :])
 
 
 def _headers(lines: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -276,8 +294,10 @@ class WebSocket:
         try:
             if not self._close_sent:
                 self._close_sent = True
+                # A control frame holds 125 bytes: the code and at most 123 of whole characters.
+                text = reason.encode()[:123].decode(errors="ignore").encode()
                 with trio.move_on_after(1):
-                    await self._send_control(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+                    await self._send_control(OP_CLOSE, struct.pack("!H", code) + text)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
             pass
         finally:
@@ -302,9 +322,18 @@ class WebSocket:
         self._pos = start + n
         return bytes(self._buf[start : start + n])
 
+    async def _fail(self, code: int, message: str) -> NoReturn:
+        """Close the websocket with ``code`` (telling the peer ``message``); raise ProtocolError."""
+        await self.aclose(code, message)
+        raise ProtocolError(message)
+
     async def _read_large(self, n: int) -> memoryview:
         """Read an ``n``-byte payload straight into a ``bytes`` object of its own."""
-        whole, view = _new_bytes(n)
+        try:
+            whole, view = _new_bytes(n)
+        except (MemoryError, OverflowError):
+            # Only a limit raised for an authenticated peer's announcement lets n get here.
+            await self._fail(1009, f"no memory for a message of {n} bytes")
         have = min(len(self._buf) - self._pos, n)
         view[:have] = self._buf[self._pos : self._pos + have]
         self._pos += have
@@ -324,10 +353,12 @@ class WebSocket:
         """Receive the next binary message; answer pings; raise WebSocketClosed at the end.
 
         ``limit`` overrides ``max_message`` for this message (an out-of-band buffer whose size
-        its authenticated sender announced).
+        its authenticated sender announced). A peer that breaks the protocol is sent a close
+        frame saying why, and ProtocolError is raised.
         """
         limit = self.max_message if limit is None else limit
-        parts: list[bytes | memoryview] = []
+        parts: list[bytes | memoryview] = []  # of a fragmented message (its empty ones left out)
+        fragmented = False
         total = 0
         while True:
             await self._fill(2)
@@ -335,7 +366,13 @@ class WebSocket:
             self._pos += 2
             fin, opcode, masked, n = b0 & 0x80, b0 & 0x0F, b1 & 0x80, b1 & 0x7F
             if b0 & 0x70:
-                raise ProtocolError("websocket frame with reserved bits set")
+                await self._fail(1002, "websocket frame with reserved bits set")
+            if bool(masked) == self._client:
+                # RFC 6455 §5.1: a client masks every frame it sends, a server none.
+                sender = "server" if masked else "client"
+                await self._fail(
+                    1002, f"{'masked' if masked else 'unmasked'} websocket frame from the {sender}"
+                )
             if n == 126:
                 await self._fill(2)
                 (n,) = struct.unpack_from("!H", self._buf, self._pos)
@@ -344,26 +381,31 @@ class WebSocket:
                 await self._fill(8)
                 (n,) = struct.unpack_from("!Q", self._buf, self._pos)
                 self._pos += 8
+                if n > MAX_LENGTH:
+                    await self._fail(1002, "websocket frame length with its most significant bit set")
             key = b""
             if masked:
                 await self._fill(4)
                 key = self._take(4)
             if opcode >= OP_CLOSE:
+                if opcode not in _CONTROL_OPCODES:
+                    await self._fail(1002, f"reserved websocket control opcode {opcode}")
                 if n > 125 or not fin:
-                    raise ProtocolError("malformed websocket control frame")
+                    await self._fail(1002, "malformed websocket control frame")
                 await self._fill(n)
                 payload = self._take(n)
                 if key.strip(b"\0"):
                     payload = _unmask(memoryview(payload), key)
                 await self._control(opcode, payload)
                 continue
+            if opcode not in _DATA_OPCODES:
+                await self._fail(1002, f"reserved websocket data opcode {opcode}")
             if total + n > limit:
-                await self.aclose(1009, f"message larger than {limit} bytes")
-                raise ProtocolError(f"message of more than {limit} bytes")
+                await self._fail(1009, f"message of more than {limit} bytes")
             if opcode == OP_TEXT:
-                raise ProtocolError("text message where binary frames were expected")
-            if (opcode == OP_CONT) != bool(parts):
-                raise ProtocolError("unexpected websocket continuation frame")
+                await self._fail(1003, "text message where binary frames were expected")
+            if (opcode == OP_CONT) != fragmented:
+                await self._fail(1002, "unexpected websocket continuation frame")
             if n >= LARGE:
                 data: bytes | memoryview = await self._read_large(n)
             else:
@@ -371,10 +413,12 @@ class WebSocket:
                 data = self._take(n)
             if key.strip(b"\0"):
                 data = _unmask(memoryview(data), key)
-            if fin and not parts:
+            if fin and not fragmented:
                 return data
-            parts.append(data)
-            total += n
+            fragmented = True
+            if n:
+                parts.append(data)
+                total += n
             if fin:
                 return b"".join(parts)
 
@@ -382,12 +426,24 @@ class WebSocket:
         if opcode == OP_PING:
             await self._send_control(OP_PONG, payload)
         elif opcode == OP_CLOSE:
-            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-            reason = payload[2:].decode(errors="replace")
+            code, reason = await self._parse_close(payload)
             if not self._close_sent:
                 self._close_sent = True
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    await self._send_control(OP_CLOSE, payload[:2])
+                    await self._send_control(OP_CLOSE, payload[:2])  # echo the code (§5.5.1)
             raise WebSocketClosed(code, reason)
-        elif opcode != OP_PONG:
-            raise ProtocolError(f"unknown websocket opcode {opcode}")
+
+    async def _parse_close(self, payload: bytes) -> tuple[int, str]:
+        """The code and reason of a close frame; a malformed one fails the connection."""
+        if not payload:
+            return 1005, ""  # no status code (§7.1.5)
+        if len(payload) == 1:
+            await self._fail(1002, "close frame with a 1-byte payload")
+        (code,) = struct.unpack_from("!H", payload)
+        if code not in _CLOSE_CODES and not 3000 <= code <= 4999:
+            await self._fail(1002, f"close frame with the invalid status code {code}")
+        try:
+            reason = payload[2:].decode()
+        except UnicodeDecodeError:
+            await self._fail(1007, "close frame whose reason is not UTF-8")
+        return code, reason

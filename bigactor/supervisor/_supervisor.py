@@ -270,9 +270,15 @@ class Worker:
         *,
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept and serve connections on ``listener`` forever."""
+        """Accept and serve connections on ``listener`` forever.
+
+        The connections share one admission: at most ``_transport.MAX_HANDSHAKES`` of them in
+        their handshake at once (a newer one closes the oldest), and rejections logged at a
+        bounded rate.
+        """
+        admission = _rpc._transport.Admission(addr=self.addr)
 
         async def handle(stream: trio.abc.Stream) -> None:
-            await _rpc.serve_stream(stream, self.addr, self.key, self.table, self.run_sync)
+            await _rpc.serve_stream(stream, self.addr, self.key, self.table, self.run_sync, admission)
 
         await trio.serve_listeners(handle, [listener], task_status=task_status)
