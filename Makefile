@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo pi bench soak test check lint format clean
+.PHONY: demo pi bench soak fuzz test check lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bigactor needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
@@ -26,6 +26,10 @@ bench: $(BIN)/.installed
 # Ten minutes of 64 machines, 2,000 callers and random kills (CI runs one minute of it).
 soak: $(BIN)/.installed
 	$(BIN)/python -m tests.soak --seconds 600
+
+# A million inputs into each fuzz target (frames, websocket, upgrade, handshake, codec): ~15 min.
+fuzz: $(BIN)/.installed
+	$(BIN)/python -m tests.fuzz --inputs 1000000
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff format --check bigactor tests examples benchmarks
