@@ -217,11 +217,6 @@ def encode(value: Any, what: str = "value") -> Payload:
         raise CodecError(f"cannot serialise {what}: {type(exc).__name__}: {exc}", path) from exc
 
 
-class _MalformedHeader(CodecError, ValueError):
-    """An out-of-band header that does not parse. Also a ValueError: the connection's reader
-    (``_rpc._connection``) turns a ValueError from :func:`oob_lengths` into a protocol error."""
-
-
 def oob_lengths(data: bytes | bytearray | memoryview) -> list[int]:
     """The lengths of the out-of-band buffers announced at the start of an OOB payload.
 
@@ -229,10 +224,10 @@ def oob_lengths(data: bytes | bytearray | memoryview) -> list[int]:
     """
     size = len(data)
     if size < _U32.size:
-        raise _MalformedHeader(f"truncated out-of-band header: {size} bytes, no buffer count")
+        raise CodecError(f"truncated out-of-band header: {size} bytes, no buffer count")
     (n,) = _U32.unpack_from(data, 0)
     if size < _U32.size + _U64.size * n:
-        raise _MalformedHeader(f"truncated out-of-band header: {n} buffers announced in {size} bytes")
+        raise CodecError(f"truncated out-of-band header: {n} buffers announced in {size} bytes")
     return list(struct.unpack_from(f"<{n}Q", data, _U32.size))
 
 

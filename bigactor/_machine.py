@@ -434,12 +434,7 @@ class Machine:
             raise await self._classify(exc) from None
         stat.record(time.perf_counter() - start, kind == Kind.REPLY, payload.size, payload_size(data))
         if kind == Kind.REPLY:
-            try:
-                return _codec.decode(data, flags)
-            except Exception as exc:
-                raise CodecError(
-                    f"cannot decode the reply of {target} from {self.addr}: {type(exc).__name__}: {exc}"
-                ) from exc
+            return _codec.decode(data, flags, f"the reply of {target} from {self.addr}")
         raise _rpc.decode_error(data, self.addr)
 
     async def _classify(self, exc: BigActorError) -> BigActorError:
@@ -561,7 +556,7 @@ class RemoteStream:
         assert self._id is not None
         kind, flags, data = await self._conn.next_item(self._id)
         if kind == Kind.STREAM_DATA:
-            return _codec.decode(data, flags)
+            return _codec.decode(data, flags, f"an item of {self._method} from {self._machine.addr}")
         self._close()
         if kind == Kind.STREAM_END:
             raise StopAsyncIteration

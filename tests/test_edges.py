@@ -7,11 +7,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from local_support import run_script
 
 import bigactor
 from bigactor import MachineLost, State, TransportError, _codec
@@ -138,3 +140,72 @@ async def test_absurd_out_of_band_lengths_from_a_peer_are_a_protocol_error(lengt
             await caller.call(_codec.encode_call("x.y", (), {}))
         assert not isinstance(info.value, bigactor.CallNotSent)
         nursery.cancel_scope.cancel()
+
+
+class Hungry:
+    """Takes and gives large buffers; can cap its own address space for a real MemoryError."""
+
+    def cap_memory(self, headroom: int) -> None:
+        import resource
+
+        import psutil
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (psutil.Process().memory_info().vms + headroom, hard))
+
+    async def size(self, data: bytes) -> int:
+        return len(data)
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+async def test_an_argument_too_big_to_allocate_fails_that_call_and_the_machine_serves_on() -> None:
+    """A real MemoryError receiving a 600 MB argument fails that one call with CodecError; the
+    same connection goes on serving."""
+    async with bigactor.open_cluster() as cluster:
+        hungry = await cluster.spawn(Hungry)
+        await hungry.cap_memory(300 << 20)
+        with pytest.raises(bigactor.CodecError, match="no memory"):
+            await hungry.size(bytes(600 << 20))
+        assert await hungry.ping() == "pong"
+        assert await hungry.size(bytes(1 << 20)) == 1 << 20
+        assert hungry.machine.state == State.RUNNING
+
+
+CAPPED_DRIVER = """
+    import resource, psutil, trio, bigactor
+
+    class Big:
+        async def blob(self, mb):
+            return bytes(mb << 20)
+
+        async def ping(self):
+            return "pong"
+
+    async def main():
+        async with bigactor.open_cluster() as cluster:
+            big = await cluster.spawn(Big)
+            assert await big.ping() == "pong"
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            resource.setrlimit(resource.RLIMIT_AS, (psutil.Process().memory_info().vms + (300 << 20), hard))
+            try:
+                await big.blob(600)
+            except bigactor.CodecError as exc:
+                print("REFUSED:", exc, flush=True)
+            assert await big.ping() == "pong"
+            assert len(await big.blob(1)) == 1 << 20
+            print("SERVED ON", flush=True)
+
+    trio.run(main)
+"""
+
+
+async def test_a_reply_too_big_to_allocate_fails_that_call_and_the_driver_goes_on(tmp_path: Path) -> None:
+    """A driver with no memory for a 600 MB reply gets CodecError for that call, and its
+    other calls on the same connection keep working (a MemoryError crashed the driver)."""
+    result = await run_script(tmp_path, CAPPED_DRIVER)
+    out = result.stdout.decode()
+    assert "REFUSED:" in out
+    assert "no memory" in out
+    assert "SERVED ON" in out

@@ -19,7 +19,6 @@ calls whose frame never left the outbox (nothing of them reached the socket: saf
 from __future__ import annotations
 
 import logging
-import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -28,11 +27,12 @@ import outcome
 import trio
 
 from .._codec import OOB, Payload, oob_lengths
-from .._errors import CallNotSent, ProtocolError, TransportError
+from .._errors import BigActorError, CallNotSent, CodecError, ProtocolError, TransportError
 from .._metrics import payload_size
 from . import _frames
 from ._frames import Kind
-from ._websocket import WebSocket, WebSocketClosed
+from ._remote import encode_error
+from ._websocket import Unallocatable, WebSocket, WebSocketClosed
 
 log = logging.getLogger("bigactor.rpc")
 
@@ -184,7 +184,7 @@ class Connection:
             payload = self._join(call_id, payload)
         try:
             lengths = oob_lengths(payload)
-        except (ValueError, struct.error) as exc:
+        except CodecError as exc:
             raise ProtocolError(f"malformed out-of-band header: {exc}") from exc
         if sum(lengths) > MAX_BUFFERS:
             # 2**64-1 used to crash the reader with OverflowError or SystemError.
@@ -192,12 +192,37 @@ class Connection:
                 f"out-of-band buffers of {sum(lengths)} bytes announced (at most {MAX_BUFFERS})"
             )
         buffers = []
+        dropped = 0
         for length in lengths:
-            buffer = await self._ws.get_message(limit=length)
+            try:
+                buffer = await self._ws.get_message(limit=length, droppable=True)
+            except Unallocatable as exc:
+                dropped += exc.size  # read past: the connection goes on, this frame fails
+                continue
             if len(buffer) != length:
                 raise ProtocolError(f"out-of-band buffer of {len(buffer)} bytes, {length} announced")
             buffers.append(buffer)
+        if dropped:
+            del buffers
+            self._fail_frame(
+                kind,
+                call_id,
+                CodecError(f"{self.addr}: no memory here for {dropped} bytes of out-of-band buffers"),
+            )
+            return
         self._dispatch((kind, flags, call_id, payload), buffers)
+
+    def _fail_frame(self, kind: int, call_id: int, error: BigActorError) -> None:
+        """A frame that could not be received fails its one call, never the connection."""
+        if kind == Kind.CALL:
+            # The caller hears of it; its method never runs.
+            self.send(Kind.ERROR, call_id, encode_error(error, framework=True))
+            return
+        task = self._pending.pop(call_id, None)
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Error(error))
+        elif call_id in self._streams:
+            self._stream_item(call_id, Kind.ERROR, 0, error)
 
     def _join(self, call_id: int, payload: memoryview) -> memoryview:
         parts = self._partial.pop(call_id)

@@ -242,12 +242,7 @@ class CallDispatcher:
 
     def call_received(self, conn: Connection, call_id: int, payload: memoryview, flags: int) -> None:
         try:
-            try:
-                target, args, kwargs = _codec.decode(payload, flags)
-            except Exception as exc:
-                raise CodecError(
-                    f"machine {self._table.addr} could not decode a call: {type(exc).__name__}: {exc}"
-                ) from exc
+            target, args, kwargs = _codec.decode(payload, flags, f"a call on machine {self._table.addr}")
             if not isinstance(target, str) or not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise ProtocolError("CALL payload is not (target, args, kwargs)")
             actor, fn, kind = self._table.resolve(target)

@@ -62,6 +62,17 @@ class HandshakeFailed(ProtocolError):
     """The peer did not speak the websocket upgrade."""
 
 
+class Unallocatable(Exception):
+    """A message was dropped: this process has no memory for its ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+    def __str__(self) -> str:
+        return f"no memory for a message of {self.size} bytes"
+
+
 class WebSocketClosed(Exception):
     """The websocket was closed: by a close frame (``code``, ``reason``) or end of stream."""
 
@@ -327,12 +338,19 @@ class WebSocket:
         await self.aclose(code, message)
         raise ProtocolError(message)
 
-    async def _read_large(self, n: int) -> memoryview:
-        """Read an ``n``-byte payload straight into a ``bytes`` object of its own."""
+    async def _read_large(self, n: int, droppable: bool = False) -> memoryview:
+        """Read an ``n``-byte payload straight into a ``bytes`` object of its own.
+
+        When there is no memory for it: a ``droppable`` message is read past and dropped
+        (:class:`Unallocatable`), any other fails the connection (1009).
+        """
         try:
             whole, view = _new_bytes(n)
         except (MemoryError, OverflowError):
             # Only a limit raised for an authenticated peer's announcement lets n get here.
+            if droppable:
+                await self._skip(n)
+                raise Unallocatable(n) from None
             await self._fail(1009, f"no memory for a message of {n} bytes")
         have = min(len(self._buf) - self._pos, n)
         view[:have] = self._buf[self._pos : self._pos + have]
@@ -349,12 +367,23 @@ class WebSocket:
             have += got
         return memoryview(whole)
 
-    async def get_message(self, limit: int | None = None) -> bytes | memoryview:
+    async def _skip(self, n: int) -> None:
+        """Read past ``n`` bytes of payload without keeping them."""
+        have = min(len(self._buf) - self._pos, n)
+        self._pos += have
+        while have < n:
+            chunk = await self._stream.receive_some(min(n - have, RECEIVE * 4))
+            if not chunk:
+                raise WebSocketClosed(1006, "connection closed in the middle of a message")
+            have += len(chunk)
+
+    async def get_message(self, limit: int | None = None, droppable: bool = False) -> bytes | memoryview:
         """Receive the next binary message; answer pings; raise WebSocketClosed at the end.
 
         ``limit`` overrides ``max_message`` for this message (an out-of-band buffer whose size
         its authenticated sender announced). A peer that breaks the protocol is sent a close
-        frame saying why, and ProtocolError is raised.
+        frame saying why, and ProtocolError is raised. A ``droppable`` message this process has
+        no memory for is read past and :class:`Unallocatable` raised: the connection goes on.
         """
         limit = self.max_message if limit is None else limit
         parts: list[bytes | memoryview] = []  # of a fragmented message (its empty ones left out)
@@ -407,7 +436,9 @@ class WebSocket:
             if (opcode == OP_CONT) != fragmented:
                 await self._fail(1002, "unexpected websocket continuation frame")
             if n >= LARGE:
-                data: bytes | memoryview = await self._read_large(n)
+                data: bytes | memoryview = await self._read_large(
+                    n, droppable and bool(fin) and not fragmented
+                )
             else:
                 await self._fill(n)
                 data = self._take(n)
