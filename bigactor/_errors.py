@@ -12,8 +12,17 @@
     ├── CodecError(TypeError)        a value could not be serialised or deserialised
     ├── ServiceNotFound(LookupError) no such actor or method on the machine
     ├── ProtocolError                a peer sent bytes that break the wire protocol
+    │   ├── AuthError                the peer failed the handshake (wrong key, relayed)
+    │   ├── VersionMismatch          driver and worker run different versions
+    │   └── HandshakeFailed          the peer did not speak the websocket upgrade
     ├── ClusterClosed(trio.ClosedResourceError)
     └── BigActorInternalError        should never happen; please report
+
+The wire's own classes (``AuthError``, ``VersionMismatch`` in ``_rpc._auth``, ``HandshakeFailed``
+in ``_rpc._websocket``) reach users only inside the errors above: a failed handshake makes the
+machine fail to start or the call ``CallNotSent``. ``_rpc._websocket.WebSocketClosed`` (the
+connection ended) and ``Unallocatable`` (no memory for a message) never leave the wire: they
+become ``TransportError`` and ``CodecError``.
 
 Every class has a ``retriable`` flag: ``Machine.retry_call`` re-sends a call only when the
 error it got says so (bigmachine's severity) — only :class:`CallNotSent`, whose call never left

@@ -5,10 +5,11 @@ from ._connection import Connection
 from ._frames import Kind
 from ._remote import decode_error, encode_error
 from ._server import Actor, ActorTable, RunSync, idempotent, is_idempotent, method_kind, method_table
-from ._transport import connect, open_stream, register_scheme, serve_stream
+from ._transport import Admission, connect, open_stream, register_scheme, serve_stream
 
 __all__ = [
     "Actor",
+    "Admission",
     "ActorTable",
     "Connection",
     "Kind",

@@ -4,7 +4,7 @@ bigactor owns both ends of every connection, so it needs little of websocket's g
 all of its speed: one parse loop over a reusable buffer, one ``send_all`` per message, and large
 messages received straight into their own buffer (``recv_into`` on sockets) with no
 reassembly. trio-websocket costs ~270 Python calls per message and copies large messages
-several times; see ``spec/transport-floors.md``.
+several times (measured on the project's 2-core VM; benchmarks/README.md has the figures).
 
 Deviation from RFC 6455, on purpose: a client masks its frames with the all-zero masking key.
 Masking exists so that browser script cannot make a websocket emit bytes of its choosing

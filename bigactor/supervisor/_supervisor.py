@@ -272,11 +272,11 @@ class Worker:
     ) -> None:
         """Accept and serve connections on ``listener`` forever.
 
-        The connections share one admission: at most ``_transport.MAX_HANDSHAKES`` of them in
+        The connections share one admission (``_rpc.Admission``): at most 64 of them in
         their handshake at once (a newer one closes the oldest), and rejections logged at a
         bounded rate.
         """
-        admission = _rpc._transport.Admission(addr=self.addr)
+        admission = _rpc.Admission(addr=self.addr)
 
         async def handle(stream: trio.abc.Stream) -> None:
             await _rpc.serve_stream(stream, self.addr, self.key, self.table, self.run_sync, admission)
