@@ -43,6 +43,7 @@ log = logging.getLogger("bigactor")
 KEEPALIVE_NEXT = 300.0  # "keep me alive for 5 min from now", as bigmachine asks
 SHUTDOWN_GRACE = 5.0
 EXIT_RACE = 0.2
+EXIT_KNOWN = 5.0
 LAST_LINES = 20
 #: the longest output line quoted in an error (20 lines of 2 MB made a 40 MB message)
 QUOTED_LINE = 500
@@ -438,17 +439,23 @@ class Machine:
         raise _rpc.decode_error(data, self.addr)
 
     async def _classify(self, exc: BigActorError) -> BigActorError:
-        """A broken connection: MachineLost if the machine's process ended, else retriable.
+        """A broken connection: MachineLost if the machine's process ended, else ``exc``.
 
         A killed worker's socket can close a moment before the OS reports its exit; where the
         system observes exits, wait up to EXIT_RACE for that report so the caller gets the
-        true cause (MachineLost, with the signal) rather than a retriable TransportError.
+        true cause (MachineLost, with the signal) rather than a TransportError. Where the
+        system can already tell that the process is gone, wait for its description however
+        long the loaded driver takes to make it (bounded by EXIT_KNOWN).
         """
         if isinstance(exc, MachineLost):
             return exc
-        if self._instance is not None and self._instance.observes_exit:
+        instance = self._instance
+        if instance is not None and instance.observes_exit:
             with trio.move_on_after(EXIT_RACE):
                 await self._events[State.STOPPED].wait()
+            if self._state != State.STOPPED and instance.ended():
+                with trio.move_on_after(EXIT_KNOWN):
+                    await self._events[State.STOPPED].wait()
         return self._lost() if self._state == State.STOPPED else exc
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -43,6 +43,10 @@ class Instance(abc.ABC):
     #: for that report before it is called a transport error)
     observes_exit: bool = False
 
+    def ended(self) -> bool:
+        """Whether the machine's process is known to have ended already (without waiting)."""
+        return False
+
     async def wait_exit(self) -> str:
         """Return once the machine's process has ended, describing how; by default, never."""
         await trio.sleep_forever()

@@ -33,6 +33,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -185,6 +186,14 @@ class LocalInstance(Instance):
     async def wait_exit(self) -> str:
         await self._ended.wait()
         return self._how
+
+    def ended(self) -> bool:
+        if self._ended.is_set() or self.reaped.is_set():
+            return True
+        if self.pidfd is None:
+            return False
+        # A pidfd polls readable once its process has exited.
+        return bool(select.select([self.pidfd], [], [], 0)[0])
 
     def watch_memory(self) -> None:
         """Note the OOM-kill counters of the worker's memory cgroups (again, if it moved)."""
