@@ -226,12 +226,16 @@ def prometheus_text(machines: list[dict[str, Any]]) -> str:
         "bigactor_call_seconds_total": [],
         "bigactor_call_request_bytes_total": [],
         "bigactor_call_reply_bytes_total": [],
+        "bigactor_output_dropped_lines_total": [],
     }
     for m in machines:
         machine = f'machine="{_label(m["addr"])}"'
         series["bigactor_machine_up"].append(f"{{{machine}}} {int(m['state'] == 'RUNNING')}")
         if "memory" in m:
             series["bigactor_machine_rss_bytes"].append(f"{{{machine}}} {m['memory']['rss']}")
+        series["bigactor_output_dropped_lines_total"].append(
+            f"{{{machine}}} {m.get('output_dropped_lines', 0)}"
+        )
         for side in ("client", "server"):
             for method, c in m.get(side, {}).items():
                 labels = f'{{{machine},side="{side}",method="{_label(method)}"}}'

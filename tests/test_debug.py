@@ -180,6 +180,7 @@ async def test_debug_pages_over_http(tmp_path: Path) -> None:
             'method="spinner.spin_async_only_on_worker"} 1'
         ) in text
         assert f'bigactor_machine_up{{machine="{m.addr}"}} 1' in text
+        assert f'bigactor_output_dropped_lines_total{{machine="{m.addr}"}} 0' in text
 
         status, _, body = await get(page_url(url, "stacks"))
         assert status == 200
