@@ -37,16 +37,21 @@ import socket
 import sys
 
 
-def start_time(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (Linux ``/proc``), or None."""
+def stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` from the third on (state, ppid, ...), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[19])
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux ``/proc``), or None."""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None
 
 
 def _kill_pid(pid: int, started: int) -> None:

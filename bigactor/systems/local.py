@@ -116,12 +116,8 @@ def _pidfd_open(pid: int) -> int | None:
 
 def _process_state(pid: int) -> str:
     """The state letter of ``pid`` in ``/proc/<pid>/stat`` (``T`` stopped), or "" if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3].decode()
+    fields = _guardian.stat_fields(pid)
+    return fields[0].decode() if fields else ""
 
 
 class LocalInstance(Instance):
