@@ -411,8 +411,6 @@ class Machine:
                             raise self._lost()
                         try:
                             conn, peer = await _rpc.connect(self._nursery, self.addr, self._key)
-                        except CallNotSent:
-                            raise
                         except TransportError as exc:
                             # No connection: whatever was to go on it never left.
                             raise CallNotSent(self.addr, exc.message) from exc

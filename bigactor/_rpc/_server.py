@@ -212,19 +212,21 @@ class ActorTable:
 class _Credit:
     """What a stream's producer may still send: items, and bytes in flight (back-pressure)."""
 
-    __slots__ = ("event", "in_flight", "n", "sizes")
+    __slots__ = ("event", "in_flight", "sizes")
 
     def __init__(self) -> None:
-        self.n = STREAM_WINDOW
         self.sizes: deque[int] = deque()  # of the items sent and not yet credited back
         self.in_flight = 0
         self.event = trio.Event()
 
     def blocked(self) -> bool:
-        return self.n <= 0 or (self.in_flight >= STREAM_BYTES and bool(self.sizes))
+        return len(self.sizes) >= STREAM_WINDOW or (self.in_flight >= STREAM_BYTES and bool(self.sizes))
+
+    def sent(self, size: int) -> None:
+        self.sizes.append(size)
+        self.in_flight += size
 
     def returned(self, n: int) -> None:
-        self.n += n
         for _ in range(min(n, len(self.sizes))):
             self.in_flight -= self.sizes.popleft()
 
@@ -372,9 +374,7 @@ class CallDispatcher:
             await credit.event.wait()
             credit.event = trio.Event()
         data = _codec.encode(item, "a streamed item")
-        credit.n -= 1
-        credit.sizes.append(data.size)
-        credit.in_flight += data.size
+        credit.sent(data.size)
         conn.send_payload(Kind.STREAM_DATA, call_id, data)
         return data.size
 
