@@ -46,8 +46,13 @@ def make_figure(
     bigactor: dict[str, Any],
     floors: list[tuple[str, str, dict[str, Any]]],
     extra: dict[str, Any] | None = None,
+    ratio_target: tuple[str, float] | None = None,
 ) -> Figure:
-    """Build a figure: ``floors`` are (key, label, summary); summaries have at least ``median``."""
+    """Build a figure: ``floors`` are (key, label, summary); summaries have at least ``median``.
+
+    ``ratio_target`` (floor key, ratio) sets a target relative to a floor measured in the same
+    run: met when bigactor pays at most that many times that floor's cost.
+    """
     value = bigactor["median"]
     figure: Figure = {
         "title": title,
@@ -71,6 +76,10 @@ def make_figure(
             PEERS[1]: dask,
             "source": "DESIGN.md §4 (measured by the project on this machine, not re-measured)",
         }
+    if ratio_target is not None:
+        floor_key, most = ratio_target
+        x = next(f["x_floor"] for f in figure["floors"] if f["key"] == floor_key)
+        figure["target"] = {"op": "<=", "value": most, "met": bool(x <= most), "x_floor_of": floor_key}
     if extra:
         figure.update(extra)
     return figure

@@ -1,5 +1,6 @@
-"""The measured figures a-f and memory. Each section interleaves its floors and bigactor run by
-run, so that drift of the box's speed hits all of them alike.
+"""The measured figures a-f and memory (g and h, what values cost, are in ``_value_sections``).
+Each section interleaves its floors and bigactor run by run, so that drift of the box's speed
+hits all of them alike.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ._floors import with_mux
 from ._memory import echo_peaks, idle_workers, status, summarize_peaks
 from ._spawn_floors import connect_back, fork_back, kill_to_eof, spawn_pass
 from ._stats import median, summarize_latency_runs, summarize_values
+from ._value_sections import codec, payload_echo
 from ._workloads import echo_rate, make_payload, pipelined, sequential
 
 Section = dict[str, Any]
@@ -49,12 +51,12 @@ async def cold_figures(sizes: tuple[int, ...], runs: int) -> dict[str, Figure]:
                 ("spawn_pass", f"{n} x `python -c pass`, spawn to exit", summarize_values(g["pass"])),
                 (
                     "connect_back",
-                    f"{n} x fresh interpreter importing trio+dill, connecting back",
+                    f"{n} x fresh interpreter importing trio+cloudpickle, connecting back",
                     summarize_values(g["back"]),
                 ),
                 (
                     "fork_back",
-                    f"template importing trio+dill, {n} x os.fork, connecting back",
+                    f"template importing trio+cloudpickle, {n} x os.fork, connecting back",
                     summarize_values(g["fork"]),
                 ),
             ],
@@ -246,4 +248,6 @@ SECTIONS = {
     "bulk": bulk_echo,
     "actor_to_actor": actor_to_actor,
     "kill": kill,
+    "codec": codec,
+    "payload_echo": payload_echo,
 }

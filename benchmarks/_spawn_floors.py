@@ -1,10 +1,10 @@
 """The process floors: what starting a process and noticing its death cost on the bare stack.
 
 * ``spawn_pass``: ``n`` x ``sys.executable -c pass`` at once, from spawn to the last exit.
-* ``connect_back``: ``n`` fresh interpreters at once, each importing trio and dill (what a
+* ``connect_back``: ``n`` fresh interpreters at once, each importing trio and cloudpickle (what a
   worker needs before it can serve) and connecting back over TCP; the time until
   every one of them has said hello. Each reports its RSS then, the floor of an idle worker.
-* ``fork_back``: one fresh interpreter imports trio and dill, then forks ``n`` children that
+* ``fork_back``: one fresh interpreter imports trio and cloudpickle, then forks ``n`` children that
   connect back: the bare cost of starting workers from a preloaded template (a forkserver).
 * ``kill_to_eof``: a child connected over TCP is killed with SIGKILL; the time until the
   parent's trio socket sees end-of-file.
@@ -22,7 +22,7 @@ import trio
 
 _CONNECT_BACK = """\
 import socket, sys
-import trio, dill
+import trio, cloudpickle
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 s.sendall(rss.to_bytes(8, "big"))
@@ -31,7 +31,7 @@ s.recv(1)
 
 _FORK_BACK = """\
 import os, socket, sys
-import trio, dill
+import trio, cloudpickle
 for _ in range(int(sys.argv[2])):
     if os.fork() == 0:
         s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -99,7 +99,7 @@ async def connect_back(n: int) -> tuple[float, list[int]]:
 
 
 async def fork_back(n: int) -> float:
-    """Seconds until ``n`` children forked from a fresh trio+dill template have connected back."""
+    """Seconds until ``n`` children forked from a fresh trio+cloudpickle template have connected back."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     streams: list[trio.SocketStream] = []

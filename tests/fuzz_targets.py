@@ -361,7 +361,7 @@ def run_handshake(data: bytes) -> None:
 
 def seeds_handshake() -> list[bytes]:
     versions = json.dumps(_auth.versions(), sort_keys=True).encode()
-    other = json.dumps(dict(_auth.versions(), dill="0.0.1"), sort_keys=True).encode()
+    other = json.dumps(dict(_auth.versions(), cloudpickle="0.0.1"), sort_keys=True).encode()
     hello = _auth.MAGIC + bytes(range(32)) + versions
     welcome = bytes(range(32, 64)) + bytes(32) + versions
     return [

@@ -164,11 +164,11 @@ async def test_recorded_or_reflected_proofs_are_refused() -> None:
 
 def test_version_mismatch_names_both_sides() -> None:
     """Different versions fail with both sides' versions named."""
-    peer = dict(_auth.versions(), dill="0.0.1", python="2.7.18")
+    peer = dict(_auth.versions(), cloudpickle="0.0.1", python="2.7.18")
     with pytest.raises(_auth.VersionMismatch) as info:
         _auth.check_versions("unix:/m", peer)
     text = str(info.value)
-    assert "dill: driver" in text
+    assert "cloudpickle: driver" in text
     assert "worker 0.0.1" in text
     assert "worker 2.7.18" in text
     _auth.check_versions("unix:/m", _auth.versions())  # equal versions pass

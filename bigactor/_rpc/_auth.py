@@ -30,8 +30,9 @@ driver's user can enter; between hosts, mutual TLS).
 
 Only plain bytes and JSON are parsed here, and the JSON only after the server proved it holds
 the key. The caller decodes frames only after :func:`client_handshake` /
-:func:`server_handshake` returned. Versions of Python, bigactor and dill are compared by the
-client: a mismatch fails the machine, naming both sides.
+:func:`server_handshake` returned. Versions of Python, bigactor and the pickler (cloudpickle,
+whose by-value pickles name its own helpers) are compared by the client: a mismatch fails the
+machine, naming both sides.
 """
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ import secrets
 import struct
 from typing import Any, Protocol
 
-import dill
-
-from .. import _version
+from .. import _codec, _version
 from .._errors import ProtocolError
 
 #: Opens every HELLO; the number changes whenever the handshake does (2: proofs bound to the
@@ -69,7 +68,7 @@ class AuthError(ProtocolError):
 
 
 class VersionMismatch(ProtocolError):
-    """Driver and worker run different Python, bigactor or dill versions."""
+    """Driver and worker run different Python, bigactor or pickler versions."""
 
 
 def versions() -> dict[str, str]:
@@ -77,7 +76,7 @@ def versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "bigactor": _version.__version__,
-        "dill": dill.__version__,
+        _codec.PICKLER: _codec.PICKLER_VERSION,
     }
 
 

@@ -1,4 +1,4 @@
-"""The fork server: a template worker that has already imported bigactor, trio and dill, and
+"""The fork server: a template worker that has already imported bigactor, trio and cloudpickle, and
 forks a new worker on request in a few milliseconds (a fresh interpreter takes ~0.3 s here).
 
 Run as ``python -m bigactor.supervisor._forkserver FD`` by the local system, with FD one end of
@@ -103,7 +103,7 @@ def serve(ctrl: socket.socket) -> None:
 def main() -> None:
     ctrl = socket.socket(fileno=int(sys.argv[1]))
     # The point of the template: pay these imports once, not once per worker.
-    import dill  # noqa: F401
+    import cloudpickle  # noqa: F401
     import psutil  # noqa: F401
     import trio  # noqa: F401
 

@@ -11,7 +11,7 @@ class Info:
 
     python: str
     bigactor: str
-    dill: str
+    pickler: str  # the by-value pickler and its version, e.g. "cloudpickle 3.1.2"
     platform: str
     digest: str
     pid: int
