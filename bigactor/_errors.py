@@ -22,22 +22,29 @@ The wire's own classes (``AuthError``, ``VersionMismatch`` in ``_rpc._auth``, ``
 in ``_rpc._websocket``) reach users only inside the errors above: a failed handshake makes the
 machine fail to start or the call ``CallNotSent``. ``_rpc._websocket.WebSocketClosed`` (the
 connection ended) and ``Unallocatable`` (no memory for a message) never leave the wire: they
-become ``TransportError`` and ``CodecError``.
+become ``TransportError`` and ``CodecError``. ``MethodCancelled`` (in ``_rpc._threads``), a
+``BaseException`` like ``trio.Cancelled``, is raised inside a sync method whose caller gave up;
+the caller never sees it.
 
 Every class has a ``retriable`` flag: ``Machine.retry_call`` re-sends a call only when the
 error it got says so (bigmachine's severity) — only :class:`CallNotSent`, whose call never left
 the caller — or, for a :class:`TransportError` (the call may have run), when the method is
 marked safe to repeat with ``@bigactor.idempotent``. Every error pickles: constructors pass all their
-arguments to ``super().__init__`` and ``__str__`` formats them, so dill rebuilds them exactly.
+arguments to ``super().__init__`` and ``__str__`` formats them, so pickle rebuilds them exactly.
 
 A remote exception arrives as an instance of a subclass of both its original type and
 :class:`RemoteError` (so ``except KeyError:`` works in the caller); when the original type cannot
-be rebuilt it arrives as a plain :class:`RemoteError` carrying the type name and message. The
-remote traceback travels as a PEP 678 note and as ``RemoteError.remote_traceback``.
+be rebuilt it arrives as a plain :class:`RemoteError` carrying the type name and message. Either
+way the remote traceback is printed with it, as a PEP 678 note, and kept as
+``RemoteError.remote_traceback``. That traceback shows the program's own frames: the machine
+leaves out the frames of bigactor and trio (how a call reaches a method is the same every
+time), and ``RemoteError.remote_traceback_full`` keeps them. With ``BIGACTOR_TRACEBACK=full`` in
+the caller's environment the note shows the full traceback.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 import trio
@@ -112,7 +119,9 @@ class ServiceNotFound(BigActorError, LookupError):
         self.message = message
 
     def __str__(self) -> str:
-        return f"machine {self.addr}: {self.target}: {self.message}"
+        # The driver's own lookups (``cluster.actor(name)``) have no machine to name.
+        where = f"machine {self.addr}: " if self.addr else ""
+        return f"{where}{self.target}: {self.message}"
 
 
 class ProtocolError(BigActorError):
@@ -130,19 +139,33 @@ class BigActorInternalError(BigActorError):
 class RemoteError(BigActorError):
     """An exception raised by a remote method, re-raised in the caller.
 
+    The remote traceback is printed with it (a PEP 678 note). It shows the frames of the
+    program and the libraries it calls; the frames of bigactor and trio, through which every
+    call reaches its method, are left out unless ``BIGACTOR_TRACEBACK=full`` is set in the
+    caller's environment.
+
     Attributes:
         type_name: the qualified name of the original exception type.
         message: ``str()`` of the original exception.
-        remote_traceback: the formatted traceback on the machine.
+        remote_traceback: the traceback on the machine, as the note shows it.
         addr: the machine that raised it.
+        remote_traceback_full: the same traceback with bigactor's and trio's frames.
     """
 
-    def __init__(self, type_name: str, message: str, remote_traceback: str = "", addr: str = "") -> None:
-        super().__init__(type_name, message, remote_traceback, addr)
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        remote_traceback: str = "",
+        addr: str = "",
+        remote_traceback_full: str = "",
+    ) -> None:
+        super().__init__(type_name, message, remote_traceback, addr, remote_traceback_full)
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
         self.addr = addr
+        self.remote_traceback_full = remote_traceback_full or remote_traceback
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}" if self.message else self.type_name
@@ -215,12 +238,34 @@ def _rebuild_remote(orig: type[BaseException], args: tuple[Any, ...], state: dic
     return exc
 
 
-def as_remote(exc: BaseException, type_name: str, remote_traceback: str, addr: str) -> BaseException:
-    """Turn an exception rebuilt from a remote machine into one that is also a RemoteError."""
+def full_tracebacks() -> bool:
+    """Whether ``BIGACTOR_TRACEBACK=full`` asks to see the frames bigactor hides by default."""
+    return os.environ.get("BIGACTOR_TRACEBACK", "").strip().lower() == "full"
+
+
+def as_remote(
+    exc: BaseException,
+    type_name: str,
+    remote_traceback: str,
+    addr: str,
+    remote_traceback_full: str = "",
+) -> BaseException:
+    """Turn an exception rebuilt from a remote machine into one that is also a RemoteError.
+
+    ``remote_traceback`` leaves out bigactor's and trio's frames, ``remote_traceback_full``
+    (empty when there were none to leave out) keeps them; the note printed with the exception
+    shows the first unless :func:`full_tracebacks`. The note comes before the notes the
+    exception already carries: those were added on the machine (or further away, for an error
+    that crossed several machines), and read after the traceback they belong to.
+    """
     sub = _remote_subclass(type(exc))
     message = safe_str(exc)
+    notes = list(getattr(exc, "__notes__", ()))
+    full = remote_traceback_full or remote_traceback
+    if full_tracebacks():
+        remote_traceback = full
     if sub is None:
-        out: BaseException = RemoteError(type_name, message, remote_traceback, addr)
+        out: BaseException = RemoteError(type_name, message, remote_traceback, addr, full)
     elif sub is type(exc):
         out = exc
     else:
@@ -228,9 +273,20 @@ def as_remote(exc: BaseException, type_name: str, remote_traceback: str, addr: s
         out.args = exc.args
         out.__dict__.update(exc.__dict__)
     # The original's own attributes win (a remote MachineLost keeps the machine it names).
-    out.__dict__.update(type_name=type_name, remote_traceback=remote_traceback)
+    out.__dict__.update(type_name=type_name, remote_traceback=remote_traceback, remote_traceback_full=full)
     out.__dict__.setdefault("addr", addr)
     out.__dict__.setdefault("message", message)
     if remote_traceback:
-        out.add_note(f"remote traceback (machine {addr}):\n{remote_traceback.rstrip()}")
+        notes.insert(0, _remote_note(remote_traceback, addr, hidden=remote_traceback != full))
+    if notes:
+        out.__notes__ = notes
     return out
+
+
+def _remote_note(remote_traceback: str, addr: str, hidden: bool) -> str:
+    """The note that prints ``remote_traceback`` of machine ``addr`` with its exception.
+
+    ``hidden`` says that frames were left out, and how to see them.
+    """
+    how = "; BIGACTOR_TRACEBACK=full shows bigactor's and trio's frames" if hidden else ""
+    return f"remote traceback (machine {addr}{how}):\n{remote_traceback.rstrip()}"

@@ -1,19 +1,30 @@
-"""``open_cluster``: where a program's cluster begins and ends."""
+"""``open_cluster``: where a program's cluster begins and ends, and how its errors leave it.
+
+The cluster's nursery holds the body and every machine's lifecycle. Under strict exception
+groups it would wrap whatever leaves the body in an ``ExceptionGroup``, however alone; the body's
+exception leaves as itself instead, as trio-websocket's ``open_websocket`` does, and a Ctrl-C as
+a bare ``KeyboardInterrupt`` (see :func:`open_cluster`). :func:`interrupt_exits_quietly` is how
+``bigactor.run`` ends a program on Ctrl-C: one line and the shell's status 130.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 import trio
 
-from ._actor import current_cluster
+from ._actor import cluster_var
 from ._cluster import Cluster
 from ._debug import serve_debug
+from ._errors import full_tracebacks
 from ._system import System
 from .systems import lookup
 
@@ -36,32 +47,149 @@ async def open_cluster(
 
     The cluster owns one nursery: every machine's lifecycle runs in it, and the body runs
     inside it. On exit (normal, error, cancellation or KeyboardInterrupt) every owned machine is
-    shut down, its output flushed, and no worker process is left behind. As with any trio
-    nursery, an exception leaving the body arrives wrapped in an ``ExceptionGroup`` (catch it
-    with ``except*``, or handle errors inside the body).
+    shut down, its output flushed, and no worker process is left behind.
+
+    An exception leaving the body leaves ``open_cluster`` as itself when it is the only error
+    (catch it with a plain ``except``), as does one failure of the cluster's own tasks; an
+    ``ExceptionGroup`` leaves only when there really are two or more errors. The ``Cancelled``
+    exceptions of the other tasks are not errors: they are left out (the group they came in
+    stays reachable as the exception's ``__context__``, not printed, when it had none of its
+    own). Cancellation works as in any trio code: a ``trio.move_on_after`` around
+    ``open_cluster`` catches its ``Cancelled``. A ``KeyboardInterrupt`` leaves as a bare
+    ``KeyboardInterrupt``, even from inside the body's own nurseries, so that Python ends the
+    program with the status of Ctrl-C (130); if other errors came with it, they are its
+    ``__cause__``.
     """
     if system is None or isinstance(system, str):
         system = lookup(system or os.environ.get("BIGACTOR_SYSTEM") or "local", **options)
     elif options:
         raise TypeError("options go with a system name, not with a System instance")
     key = secrets.token_bytes(32)
-    async with trio.open_nursery() as nursery:
-        await system.setup(nursery, key)
-        cluster = Cluster(nursery, key, system)
-        if debug_address is not None:
-            host, port = (
-                debug_address.rpartition(":")[::2] if isinstance(debug_address, str) else debug_address
-            )
-            serve = partial(
-                serve_debug, cluster, host.strip("[]") or "127.0.0.1", int(port), token=debug_token
-            )
-            cluster.debug_url = await nursery.start(serve)
-        token = current_cluster.set(cluster)
+    try:
+        async with trio.open_nursery() as nursery:
+            await system.setup(nursery, key)
+            cluster = Cluster(nursery, key, system)
+            if debug_address is not None:
+                host, port = (
+                    debug_address.rpartition(":")[::2] if isinstance(debug_address, str) else debug_address
+                )
+                serve = partial(
+                    serve_debug, cluster, host.strip("[]") or "127.0.0.1", int(port), token=debug_token
+                )
+                cluster.debug_url = await nursery.start(serve)
+            token = cluster_var.set(cluster)
+            try:
+                yield cluster
+            finally:
+                cluster_var.reset(token)
+                with trio.CancelScope(shield=True):
+                    await cluster.aclose()
+                    await system.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        alone = _alone(group)
+        if alone is None:
+            raise
+        # Raised while ``group`` is handled, ``alone`` would get it as its printed context.
+        context = (alone.__context__, alone.__suppress_context__)
         try:
-            yield cluster
+            raise alone
         finally:
-            current_cluster.reset(token)
-            with trio.CancelScope(shield=True):
-                await cluster.aclose()
-                await system.aclose()
-            nursery.cancel_scope.cancel()
+            _set_context(alone, context, group)
+            del alone, context, group
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions in ``exc``, a group or not, depth first."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _cancelled_only(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``Cancelled``, or a group of nothing else."""
+    return all(isinstance(leaf, trio.Cancelled) for leaf in _leaves(exc))
+
+
+def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception to raise instead of the nursery's ``group``, or None to raise ``group``.
+
+    The nursery's members are the body's exception and those of the cluster's own tasks. A member
+    made only of ``Cancelled`` is no error: if nothing else is left, one ``Cancelled`` stands for
+    all (any of them is caught by the cancel scope that was cancelled). A body that raised a group
+    of its own (from its own nursery) raises that group, as itself. A ``KeyboardInterrupt``
+    anywhere leaves bare, the way Python recognises Ctrl-C.
+    """
+    leaves = list(_leaves(group))
+    errors = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+    interrupts = [exc for exc in errors if isinstance(exc, KeyboardInterrupt)]
+    if interrupts:
+        if len(interrupts) == len(errors):
+            return interrupts[0]
+        interrupt = KeyboardInterrupt()
+        interrupt.__cause__ = group
+        return interrupt
+    if not errors:
+        return leaves[0]
+    members = [exc for exc in group.exceptions if not _cancelled_only(exc)]
+    return members[0] if len(members) == 1 else None
+
+
+def _set_context(
+    exc: BaseException, context: tuple[BaseException | None, bool], group: BaseExceptionGroup[BaseException]
+) -> None:
+    """Give ``exc``, raised out of ``group``, its own ``context`` back.
+
+    When it had none, ``group`` becomes its context, reachable but not printed: beside ``exc`` it
+    holds only ``Cancelled`` exceptions, or nothing.
+    """
+    if context[0] is None:
+        exc.__context__, exc.__suppress_context__ = group, True
+    else:
+        exc.__context__, exc.__suppress_context__ = context
+
+
+@contextlib.contextmanager
+def interrupt_exits_quietly() -> Iterator[None]:
+    """Make a Ctrl-C that ends the block end the program with one line and status 130.
+
+    A ``KeyboardInterrupt`` leaving the block, bare or in groups beside nothing but
+    ``Cancelled``, leaves as a bare ``KeyboardInterrupt`` that prints as the one line
+    ``KeyboardInterrupt`` if it ends the program: Python then ends the program by SIGINT, as it
+    does for every uncaught ``KeyboardInterrupt``, which the shell reports as status 130 (and a
+    shell script running the program stops too). To print it, the first such interrupt wraps
+    ``sys.excepthook`` in a hook that passes every other exception on. With
+    ``BIGACTOR_TRACEBACK=full`` the interrupt prints its whole traceback instead. Any other
+    exception leaves as it is.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        errors = [e for e in _leaves(exc) if not isinstance(e, trio.Cancelled)]
+        if not errors or not all(isinstance(e, KeyboardInterrupt) for e in errors):
+            raise
+        if full_tracebacks():
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt from exc
+        interrupt = KeyboardInterrupt()
+        interrupt.__dict__[_BRIEF] = True
+        if getattr(sys.excepthook, _BRIEF, None) is None:
+            sys.excepthook = partial(_excepthook, sys.excepthook)
+            setattr(sys.excepthook, _BRIEF, True)
+        raise interrupt from None
+
+
+_BRIEF = "_bigactor_brief"
+
+
+def _excepthook(
+    previous: Any, kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    """Print an interrupt of :func:`interrupt_exits_quietly` as one line, pass on the rest."""
+    if value.__dict__.get(_BRIEF):
+        print("KeyboardInterrupt", file=sys.stderr, flush=True)
+    else:
+        previous(kind, value, tb)

@@ -3,7 +3,7 @@
 import pickle
 from typing import Any
 
-import dill
+import cloudpickle
 import pytest
 import trio
 from support import Failing, start_one
@@ -69,11 +69,14 @@ ERRORS = [
     bigactor.TransportError("test:1-1", "connection reset"),
     bigactor.CallNotSent("test:1-1", "cannot connect"),
     bigactor.RemoteError("KeyError", "'k'", "Traceback ...", "test:1-1"),
+    bigactor.RemoteError("KeyError", "'k'", "Traceback ...", "test:1-1", "Traceback ... in full"),
     bigactor.CodecError("cannot serialise arg 0", "arg 0 -> .conn -> socket"),
     bigactor.ServiceNotFound("test:1-1", "svc.nope", "no public method"),
+    bigactor.ServiceNotFound("", "nope", "no actor has this name"),
     bigactor.ProtocolError("truncated frame"),
     bigactor.ClusterClosed("the cluster is closed"),
     bigactor.BigActorInternalError("oops"),
+    bigactor.MethodCancelled(),
 ]
 
 
@@ -88,8 +91,8 @@ def test_every_error_class_is_covered() -> None:
 
 
 @pytest.mark.parametrize("exc", ERRORS, ids=lambda e: type(e).__name__)
-@pytest.mark.parametrize("lib", [pickle, dill], ids=["pickle", "dill"])
-def test_errors_round_trip_through_pickle_and_dill(exc: BaseException, lib: Any) -> None:
+@pytest.mark.parametrize("lib", [pickle, cloudpickle], ids=["pickle", "cloudpickle"])
+def test_errors_round_trip_through_pickle_and_cloudpickle(exc: BaseException, lib: Any) -> None:
     """Every error comes back with its type, text, args and attributes."""
     back = lib.loads(lib.dumps(exc))
     assert type(back) is type(exc)
@@ -98,7 +101,7 @@ def test_errors_round_trip_through_pickle_and_dill(exc: BaseException, lib: Any)
     assert back.__dict__ == exc.__dict__
 
 
-@pytest.mark.parametrize("lib", [pickle, dill], ids=["pickle", "dill"])
+@pytest.mark.parametrize("lib", [pickle, cloudpickle], ids=["pickle", "cloudpickle"])
 async def test_rebuilt_remote_exception_round_trips(
     cluster: bigactor.Cluster, autojump_clock: trio.testing.MockClock, lib: Any
 ) -> None:
