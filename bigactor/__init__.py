@@ -5,7 +5,11 @@ Computing model
     this host by default; in-process machines for tests; third-party systems by name), starts
     *machines* on it, and places *actors* on them: plain Python objects whose methods it then
     calls as if they were local. Machines never run your ``__main__``: classes and functions
-    defined there travel by value (dill). The driver's ``sys.path``, working directory and
+    defined there travel by value (cloudpickle, through the C pickler) and keep their identity,
+    so what a worker returns or raises is an instance of your own class (``isinstance``,
+    ``==``, ``except MyError:``, enum members by ``is``). Locks, threads, open files,
+    generators and database connections are refused before anything is sent, naming where
+    in the value they were. The driver's ``sys.path``, working directory and
     ``sys.argv`` are the workers' too.
 
 Example::
@@ -33,12 +37,26 @@ Lifecycle
     process behind, whether the body returned, raised or was cancelled. A worker whose driver
     dies (even by SIGKILL) exits at once.
 
+Actors
+    ``cluster.spawn(cls, *args, **kwargs)`` gives every argument to the constructor; how the
+    actor lives comes from ``cluster.options(name=, machine=, restart=, env=,
+    max_concurrency=, cpus=, memory=, detached=).spawn(...)``. A handle's only attributes are
+    the actor's methods (``name_of(handle)``, ``machine_of(handle)`` say where it is). An actor
+    spawns actors through ``current_cluster()``: the driver starts and owns their machines,
+    and they stop with their parent's machine unless detached. ``cluster.stop(handle)`` runs
+    the actor's ``shutdown()`` hook and frees its machine. With ``restart=Restart(...)``, an
+    actor whose machine dies is rebuilt on a new one and its handles follow it.
+    ``gather``, ``as_completed`` and ``ActorPool`` run many calls and keep each result with
+    its call.
+
 Calls
     ``await handle.method(...)`` and ``await machine.call("service.method", ...)`` run the
     method on its machine. Async methods run concurrently on the machine's Trio loop; sync
     methods run one at a time per actor in a worker thread, in the order each caller sent
-    them; generator methods stream (``async for x in handle.numbers(10)``). Cancelling the
-    caller cancels the remote method. Time limits are the caller's: ``with trio.fail_after(5)``.
+    them (``max_concurrency=N``: on N threads); generator methods stream (``async for x in
+    handle.numbers(10)``). Cancelling the caller cancels the remote method: a sync method gets
+    :class:`MethodCancelled` in its thread at its next bytecode (``cancelled()`` lets it look).
+    Time limits are the caller's: ``with trio.fail_after(5)``.
 
 Failure model
     Every failure is visible and names its cause. An exception raised remotely is re-raised in
@@ -49,7 +67,10 @@ Failure model
     subclass :class:`CallNotSent` when the call never left (safe to re-send); ``retry_call``
     re-sends the latter with backoff, and the former only for ``@bigactor.idempotent`` methods.
     An argument that cannot be serialised raises :class:`CodecError` in the caller, naming the
-    culprit, before anything is sent.
+    culprit, before anything is sent. An exception leaving ``open_cluster`` leaves as itself
+    when it is the only error; remote tracebacks show your frames (``BIGACTOR_TRACEBACK=full``
+    shows bigactor's and trio's too); Ctrl-C under ``run`` ends the program with one line and
+    status 130, every worker gone.
 
 One program
     Every line a worker prints reaches the driver's stderr prefixed with its address; the
@@ -68,8 +89,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from ._actor import ActorHandle, Environ, Services
-from ._cluster import Cluster
+from ._actor import ActorHandle, Environ, Services, machine_of, name_of
+from ._cluster import Cluster, Spawner, current_cluster
 from ._debug import serve_debug
 from ._errors import (
     BigActorError,
@@ -85,15 +106,18 @@ from ._errors import (
     ServiceNotFound,
     TransportError,
 )
+from ._gather import ActorPool, as_completed, gather
 from ._machine import Machine, RemoteStream, State
 from ._open import open_cluster
-from ._rpc import idempotent
+from ._options import Restart, SpawnOptions
+from ._rpc import MethodCancelled, cancelled, idempotent
 from ._system import Instance, KeepaliveConfig, System
 from ._version import __version__
 from .supervisor import Context, DiskInfo, Info, LoadInfo, MemInfo
 
 __all__ = [
     "ActorHandle",
+    "ActorPool",
     "BigActorError",
     "BigActorInternalError",
     "CallNotSent",
@@ -112,16 +136,26 @@ __all__ = [
     "MachineLost",
     "MachineStartError",
     "MemInfo",
+    "MethodCancelled",
     "ProtocolError",
     "RemoteError",
     "RemoteStream",
+    "Restart",
     "ServiceNotFound",
     "Services",
+    "SpawnOptions",
+    "Spawner",
     "State",
     "System",
     "TransportError",
     "__version__",
+    "as_completed",
+    "cancelled",
+    "current_cluster",
+    "gather",
     "idempotent",
+    "machine_of",
+    "name_of",
     "open_cluster",
     "run",
     "serve_debug",
@@ -134,12 +168,21 @@ def run(main: Any, *args: Any) -> Any:
     ``--bigactor-system=NAME`` sets the default system (as ``BIGACTOR_SYSTEM`` does);
     ``--bigactor-log-level=LEVEL`` configures ``logging`` for the driver. Other arguments are
     left for the program (and its workers, which see the same ``sys.argv``).
+
+    Ctrl-C ends the program with the one line ``KeyboardInterrupt`` and the shell's status 130
+    (Python ends it by SIGINT, as for any uncaught ``KeyboardInterrupt``), once every worker
+    has stopped; ``BIGACTOR_TRACEBACK=full`` prints its traceback too. Under a plain
+    ``trio.run``, a Ctrl-C inside ``open_cluster`` also ends the program with status 130, and
+    Python prints the interrupt's traceback (no ``ExceptionGroup``); ``bigactor.run`` prints
+    the one line by wrapping ``sys.excepthook`` once, for its own interrupt only.
     """
     import logging
     import os
     import sys
 
     import trio
+
+    from ._open import interrupt_exits_quietly
 
     rest = [sys.argv[0]] if sys.argv else []
     for arg in sys.argv[1:]:
@@ -151,12 +194,13 @@ def run(main: Any, *args: Any) -> Any:
         else:
             rest.append(arg)
     sys.argv[:] = rest
-    return trio.run(main, *args)
+    with interrupt_exits_quietly():
+        return trio.run(main, *args)
 
 
 def _fixup_module_metadata() -> None:
     """Make public names report ``bigactor`` as their module (stable names in tracebacks and
-    in what dill writes, wherever the code lives)."""
+    in what the pickler writes, wherever the code lives)."""
     for name in __all__:
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("bigactor."):

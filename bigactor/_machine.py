@@ -91,10 +91,14 @@ class Machine:
         boot_timeout: float = 60.0,
         on_stop: Callable[[Machine], None] | None = None,
         names: Callable[[], dict[str, Any]] | None = None,
+        serve: tuple[_rpc.ActorTable, _rpc.RunSync] | None = None,
     ) -> None:
         self.addr = addr
         self.owned = owned
         self.maxprocs = maxprocs
+        #: bytes of memory the machine has (None where its system does not say)
+        self.memory: int | None = instance.memory if instance is not None else None
+        self._serve = serve
         self.hostname = hostname or _hostname(addr)
         self._key = key
         self._cluster_nursery = nursery
@@ -410,11 +414,18 @@ class Machine:
                         if self._nursery is None or self.state == State.STOPPED:
                             raise self._lost()
                         try:
-                            conn, peer = await _rpc.connect(self._nursery, self.addr, self._key)
+                            conn, peer = await _rpc.connect(self._nursery, self.addr, self._key, self._serve)
                         except TransportError as exc:
                             # No connection: whatever was to go on it never left.
                             raise CallNotSent(self.addr, exc.message) from exc
                         _rpc.check_versions(self.addr, peer)
+                        if self._serve is not None:
+                            # The machine's way back to its driver (actors spawning actors).
+                            kind, _, data = await conn.call(
+                                _codec.encode_call("Supervisor.attach_driver", (), {})
+                            )
+                            if kind != Kind.REPLY:
+                                raise _rpc.decode_error(data, self.addr)
                         self._conn = conn
                     return self._conn
             await self.wait(State.RUNNING)

@@ -38,6 +38,8 @@ class Instance(abc.ABC):
 
     addr: str
     maxprocs: int = 1
+    #: bytes of memory the machine has, where the system can say (for ``cpus=``/``memory=``)
+    memory: int | None = None
     hostname: str = "localhost"
     #: whether ``wait_exit`` reports the machine's end (then a broken connection waits briefly
     #: for that report before it is called a transport error)
@@ -68,6 +70,11 @@ class System(abc.ABC):
     key: bytes
     #: seconds a machine may take from start to answering its first call
     boot_timeout: float = 60.0
+
+    def capacity(self) -> tuple[int, int | None]:
+        """The CPUs (``maxprocs``) and bytes of memory (None: unknown) of a machine this system
+        starts: a spawn asking for more can never be placed."""
+        return (1, None)
 
     @abc.abstractmethod
     async def setup(self, nursery: trio.Nursery, key: bytes) -> None:

@@ -52,7 +52,7 @@ async def main() -> None:
             print(f"{m.addr}: counter.add(1) ->", await m.call("counter.add", 1))
 
         # Place an actor on an existing machine and hand it another actor's handle.
-        reporter = await cluster.spawn(Reporter, machine=machines[0])
+        reporter = await cluster.options(machine=machines[0]).spawn(Reporter)
         print(await reporter.report(counter))
 
         info = await machines[0].info()

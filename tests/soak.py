@@ -80,7 +80,7 @@ class Soak:
     async def spawn(self, cluster: bigactor.Cluster) -> None:
         handle = await cluster.spawn(Worker)
         pid = await handle.pid()
-        self.pids[handle.machine.addr] = pid
+        self.pids[bigactor.machine_of(handle).addr] = pid
         self.all_pids.add(pid)
         self.handles.append(handle)
         self.starts += 1
@@ -101,22 +101,24 @@ class Soak:
                     data = self.rng.randbytes(a % (256 << 10))
                     got, want = await handle.echo(data), data
         except trio.TooSlowError:
-            self.failures.append(f"a call on {handle.machine.addr} hung for {HANG} s")
+            self.failures.append(f"a call on {bigactor.machine_of(handle).addr} hung for {HANG} s")
         except DEFINED as exc:
             self.errors[type(exc).__name__] += 1
-            if handle.machine.state != State.STOPPED and isinstance(exc, MachineLost):
+            if bigactor.machine_of(handle).state != State.STOPPED and isinstance(exc, MachineLost):
                 self.failures.append(f"MachineLost from a machine that is not stopped: {exc}")
         except Exception as exc:
             self.failures.append(f"undefined error {type(exc).__name__}: {exc}")
         else:
             if got != want:
-                self.failures.append(f"wrong answer from {handle.machine.addr}: {got!r} != {want!r}")
+                self.failures.append(
+                    f"wrong answer from {bigactor.machine_of(handle).addr}: {got!r} != {want!r}"
+                )
             else:
                 self.ok += 1
 
     async def caller(self, deadline: float) -> None:
         while trio.current_time() < deadline:
-            live = [h for h in self.handles if h.machine.state != State.STOPPED]
+            live = [h for h in self.handles if bigactor.machine_of(h).state != State.STOPPED]
             if not live:
                 await trio.sleep(0.01)
                 continue
@@ -125,20 +127,23 @@ class Soak:
     async def killer(self, cluster: bigactor.Cluster, deadline: float) -> None:
         while trio.current_time() < deadline - 1:
             await trio.sleep(self.kill_every * (0.5 + self.rng.random()))
-            live = [h for h in self.handles if h.machine.state == State.RUNNING]
+            live = [h for h in self.handles if bigactor.machine_of(h).state == State.RUNNING]
             if not live:
                 continue
             victim = self.rng.choice(live)
-            os.kill(self.pids[victim.machine.addr], signal.SIGKILL)
+            os.kill(self.pids[bigactor.machine_of(victim).addr], signal.SIGKILL)
             self.kills += 1
             with trio.fail_after(HANG):
-                await victim.machine.wait(State.STOPPED)
+                await bigactor.machine_of(victim).wait(State.STOPPED)
             self.handles.remove(victim)
             await self.spawn(cluster)  # a fresh machine in its place
 
+    def running(self) -> int:
+        return sum(1 for h in self.handles if bigactor.machine_of(h).state == State.RUNNING)
+
     def sample(self, t0: float) -> tuple[float, int, int, int]:
         me = psutil.Process()
-        live = sum(1 for h in self.handles if h.machine.state == State.RUNNING)
+        live = self.running()
         entry = (trio.current_time() - t0, me.num_fds(), me.memory_info().rss, live)
         self.samples.append(entry)
         return entry
@@ -171,7 +176,7 @@ class Soak:
                 baseline = self.sample(t0)
             # With every caller done and the last fresh machine up, the same count is alive.
             with trio.fail_after(HANG):
-                while sum(h.machine.state == State.RUNNING for h in self.handles) < self.machines:  # noqa: ASYNC110
+                while self.running() < self.machines:  # noqa: ASYNC110
                     await trio.sleep(0.05)
             await trio.sleep(0.5)  # connections of the killed machines finish closing
             end = self.sample(t0)

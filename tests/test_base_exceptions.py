@@ -59,7 +59,7 @@ async def test_a_methods_base_exception_fails_its_call_and_the_machine_serves_on
     """Async, sync and streamed: the caller gets a RemoteError naming it; the actor lives."""
     async with bigactor.open_cluster() as cluster:
         raiser = await cluster.spawn(Raiser)
-        other = await cluster.spawn(Raiser, machine=raiser.machine)
+        other = await cluster.options(machine=raiser).spawn(Raiser)
         for method in (raiser.async_raise, raiser.sync_raise):
             with pytest.raises(RemoteError) as info:
                 await method(what)
@@ -72,7 +72,7 @@ async def test_a_methods_base_exception_fails_its_call_and_the_machine_serves_on
         assert what in info.value.type_name
         assert await raiser.ping() == "pong"
         assert await other.ping() == "pong"
-        assert raiser.machine.state == State.RUNNING
+        assert bigactor.machine_of(raiser).state == State.RUNNING
 
 
 async def test_an_exception_whose_str_raises_keeps_its_type_and_prints() -> None:
@@ -93,5 +93,5 @@ async def test_a_process_that_really_exits_is_reported_with_its_exit_code() -> N
         with pytest.raises(MachineLost, match="exited with code 3"):
             await raiser.hard_exit(3)
         with trio.fail_after(5):
-            await raiser.machine.wait(State.STOPPED)
-        assert "exited with code 3" in str(raiser.machine.error)
+            await bigactor.machine_of(raiser).wait(State.STOPPED)
+        assert "exited with code 3" in str(bigactor.machine_of(raiser).error)

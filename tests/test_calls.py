@@ -402,9 +402,9 @@ async def test_named_actor_is_found_by_name(
     cluster: bigactor.Cluster, autojump_clock: trio.testing.MockClock
 ) -> None:
     """spawn(name="x") makes the actor reachable through cluster.actor("x")."""
-    await cluster.spawn(Counter, 10, name="x")
+    await cluster.options(name="x").spawn(Counter, 10)
     handle = await cluster.actor("x")
-    assert handle.name == "x"
+    assert bigactor.name_of(handle) == "x"
     assert await handle.add(5) == 15
     assert await handle.add(1) == 16
 
@@ -414,9 +414,9 @@ async def test_named_actor_is_found_through_its_own_cluster(
 ) -> None:
     """With two clusters open, cluster.actor gives a handle that works through that cluster."""
     async with bigactor.open_cluster(TestSystem()) as outer:
-        await outer.spawn(Counter, 10, name="x")
+        await outer.options(name="x").spawn(Counter, 10)
         async with bigactor.open_cluster(TestSystem()) as inner:
-            await inner.spawn(Counter, 20, name="x")
+            await inner.options(name="x").spawn(Counter, 20)
             assert await (await outer.actor("x")).add(1) == 11
             assert await (await inner.actor("x")).add(1) == 21
 
@@ -425,10 +425,10 @@ async def test_duplicate_actor_name_is_refused(
     cluster: bigactor.Cluster, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A second actor with a taken name raises ValueError; the first keeps working."""
-    first = await cluster.spawn(Counter, 1, name="x")
+    first = await cluster.options(name="x").spawn(Counter, 1)
     n = len(cluster.machines())
     with pytest.raises(ValueError, match="'x'"):
-        await cluster.spawn(Counter, 2, name="x")
+        await cluster.options(name="x").spawn(Counter, 2)
     assert len(cluster.machines()) == n
     assert await first.add(1) == 2
 
@@ -443,12 +443,12 @@ async def test_actor_finds_a_named_actor_through_its_cluster(
     cluster: bigactor.Cluster, autojump_clock: trio.testing.MockClock
 ) -> None:
     """An actor on another machine looks up "x" with ctx.cluster and calls it."""
-    counter = await cluster.spawn(Counter, 100, name="x")
+    counter = await cluster.options(name="x").spawn(Counter, 100)
     peer = await cluster.spawn(Peer)
-    assert peer.machine is not counter.machine
+    assert bigactor.machine_of(peer) is not bigactor.machine_of(counter)
     assert await peer.add_by_name("x", 1) == 101
     # Names published after the peer booted reach it too.
-    await cluster.spawn(Counter, 0, name="y")
+    await cluster.options(name="y").spawn(Counter, 0)
     assert await peer.add_by_name("y", 2) == 2
 
 

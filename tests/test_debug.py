@@ -93,7 +93,7 @@ async def test_merged_profile_holds_frames_that_ran_only_on_workers(tmp_path: Pa
     """A profile taken on two machines at once merges both, with their workers' own functions."""
     async with bigactor.open_cluster() as cluster:
         ms = await cluster.start(2, Services(spinner=Spinner()))
-        handles = [await cluster.spawn(Spinner, machine=m) for m in ms]
+        handles = [await cluster.options(machine=m).spawn(Spinner) for m in ms]
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_busy, handles, stop)

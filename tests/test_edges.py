@@ -78,7 +78,7 @@ async def test_stream_on_a_killed_machine_raises_machine_lost() -> None:
     async with bigactor.open_cluster() as cluster:
         for _ in range(5):
             slow = await cluster.spawn(Slow)
-            machine = slow.machine
+            machine = bigactor.machine_of(slow)
             pid = (await machine.info()).pid
             conn = machine._conn
             assert conn is not None
@@ -170,7 +170,7 @@ async def test_an_argument_too_big_to_allocate_fails_that_call_and_the_machine_s
             await hungry.size(bytes(600 << 20))
         assert await hungry.ping() == "pong"
         assert await hungry.size(bytes(1 << 20)) == 1 << 20
-        assert hungry.machine.state == State.RUNNING
+        assert bigactor.machine_of(hungry).state == State.RUNNING
 
 
 CAPPED_DRIVER = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-import dill
+import cloudpickle
 import pytest
 import trio
 import trio.testing
@@ -270,16 +270,18 @@ async def test_machines_lists_live_machines(
     assert cluster.machines() == [b]
 
 
-async def test_start_without_services_starts_nothing(
+async def test_start_without_services_starts_bare_machines(
     cluster: bigactor.Cluster, test_system: TestSystem
 ) -> None:
-    """cluster.start without Services raises ValueError before starting any machine."""
-    with pytest.raises(ValueError, match="at least one service"):
-        await cluster.start(1)
-    with pytest.raises(ValueError, match="at least one service"):
-        await cluster.start(2, Environ(["A=1"]))
-    assert test_system.n() == 0
-    assert cluster.machines() == []
+    """cluster.start without Services starts bare machines, with their Environ, to spawn on."""
+    machines = await cluster.start(2, Environ(["A=1"]))
+    assert test_system.n() == 2
+    for m in machines:
+        assert await m.wait(State.RUNNING) == State.RUNNING
+        assert list(await m.call("Supervisor.actors")) == ["Supervisor"]
+    actor = await cluster.options(machine=machines[1]).spawn(Service, 5)
+    assert bigactor.machine_of(actor) is machines[1]
+    assert await actor.echo("x") == "x"
 
 
 async def test_environ_reaches_the_machine(
@@ -326,7 +328,7 @@ async def test_keepalive_and_resource_info(
     info = await machine.info()
     assert info.pid == os.getpid()  # test machines live in this process
     assert info.bigactor == bigactor.__version__
-    assert info.dill == dill.__version__
+    assert info.pickler == f"cloudpickle {cloudpickle.__version__}"
 
 
 # -- named actors and actor-to-actor calls ---------------------------------------------------

@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-import dill
+import cloudpickle
 import psutil
 import pytest
 import trio
@@ -67,7 +67,7 @@ async def test_started_machines_run_and_report_matching_versions() -> None:
             info = await m.info()
             assert info.python == platform.python_version()
             assert info.bigactor == bigactor.__version__
-            assert info.dill == dill.__version__
+            assert info.pickler == f"cloudpickle {cloudpickle.__version__}"
             assert info.hostname == socket.gethostname()
             assert info.pid != os.getpid()
             pids.add(info.pid)
@@ -184,7 +184,7 @@ OUTPUT = """
     async def main():
         async with bigactor.open_cluster() as cluster:
             talker = await cluster.spawn(Talker)
-            print(talker.machine.addr, flush=True)
+            print(bigactor.machine_of(talker).addr, flush=True)
             await talker.say("hello from worker")
             await talker.say_to_stderr("hello from worker's stderr")
             await talker.say_many(1000)
@@ -331,15 +331,15 @@ async def test_stream_abandoned_as_it_is_opened_stops_on_the_machine() -> None:
     """A stream whose caller gives up at once never leaves its generator running remotely."""
     async with bigactor.open_cluster() as cluster:
         sleeper = await cluster.spawn(Sleeper)
-        m = sleeper.machine
+        m = bigactor.machine_of(sleeper)
         # On the wire: a streaming CALL and its CANCEL queued together reach the worker in
         # one message (a caller abandoning a stream races the same way, less reliably).
         async with trio.open_nursery() as nursery:
             conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
-            call_id = conn.open_stream(_codec.encode_call(f"{sleeper.name}.ticks", (), {}))
+            call_id = conn.open_stream(_codec.encode_call(f"{bigactor.name_of(sleeper)}.ticks", (), {}))
             conn.close_stream(call_id)
             # The reply to a later call on the same connection means the worker read both frames.
-            kind, _, data = await conn.call(_codec.encode_call(f"{sleeper.name}.ping", (), {}))
+            kind, _, data = await conn.call(_codec.encode_call(f"{bigactor.name_of(sleeper)}.ping", (), {}))
             assert (kind, _codec.loads(data)) == (Kind.REPLY, "pong")
             with trio.fail_after(5):
                 await sleeper.wait_idle()
@@ -376,7 +376,7 @@ async def test_closing_the_cluster_leaves_no_process_and_no_socket_dir() -> None
     async with bigactor.open_cluster() as cluster:
         machines = await cluster.start(2, Services(echo=Echo()))
         counter = await cluster.spawn(Counter)
-        machines.append(counter.machine)
+        machines.append(bigactor.machine_of(counter))
         pids = [(await m.info()).pid for m in machines]
         dirs = {socket_dir(m) for m in machines}
         assert len(dirs) == 1

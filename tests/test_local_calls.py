@@ -311,11 +311,11 @@ async def test_handle_passed_to_another_actor_is_callable_there() -> None:
     async with bigactor.open_cluster() as cluster:
         counter = await cluster.spawn(Counter, 10)
         relay = await cluster.spawn(Relay)
-        assert counter.machine is not relay.machine
+        assert bigactor.machine_of(counter) is not bigactor.machine_of(relay)
         total, relay_pid = await relay.add_via(counter, 5)
         assert total == 15
-        assert relay_pid == (await relay.machine.info()).pid
-        assert relay_pid != (await counter.machine.info()).pid
+        assert relay_pid == (await bigactor.machine_of(relay).info()).pid
+        assert relay_pid != (await bigactor.machine_of(counter).info()).pid
         assert await counter.total() == 15
 
 

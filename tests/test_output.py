@@ -261,7 +261,7 @@ async def test_a_100_mb_line_without_a_newline_passes_in_linear_time() -> None:
     seen: list[str] = []
     async with bigactor.open_cluster() as cluster:
         printer = await cluster.spawn(Printer)
-        machine = printer.machine
+        machine = bigactor.machine_of(printer)
         machine.output._write = seen.append  # what would reach stderr
         machine.output._limit = 1 << 30  # keep every line: this test counts them
         with trio.fail_after(30):  # a bound far above linear time, far below quadratic
@@ -284,7 +284,7 @@ async def test_errors_quote_last_lines_cut_to_a_bounded_size() -> None:
         printer = await cluster.spawn(Printer)
         with pytest.raises(MachineLost):
             await printer.long_lines_then_exit(20, 2 << 20, 3)
-        await printer.machine.wait(State.STOPPED)
-        message = str(printer.machine.error)
+        await bigactor.machine_of(printer).wait(State.STOPPED)
+        message = str(bigactor.machine_of(printer).error)
     assert "exited with code 3" in message
     assert len(message) < 20_000  # was 40 MB

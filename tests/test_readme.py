@@ -46,12 +46,33 @@ async def test_readme_testing_example_passes(tmp_path: Path) -> None:
     assert "2 passed" in out
 
 
-async def test_readme_usage_example_runs(tmp_path: Path) -> None:
-    """The "Use it in your project" example runs on the local system and prints what it says."""
-    script = tmp_path / "usage.py"
-    script.write_text(_block("import trio\nimport bigactor\n"))
+async def _run_block(tmp_path: Path, marker: str) -> tuple[str, str]:
+    """Run the README's python block starting with ``marker`` as a script; its stdout, stderr."""
+    script = tmp_path / "example.py"
+    script.write_text(_block(marker))
     done = await trio.run_process(
         [sys.executable, str(script)], cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False
     )
     assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode().split("\n")[:3] == ["15", "[16, 17, 18]", "1"]
+    return done.stdout.decode(), done.stderr.decode()
+
+
+async def test_readme_usage_example_runs(tmp_path: Path) -> None:
+    """The "Use it in your project" example runs on the local system and prints what it says."""
+    out, _ = await _run_block(tmp_path, "import trio\nimport bigactor\n")
+    assert out.split("\n")[:3] == ["15", "[16, 17, 18]", "1"]
+
+
+async def test_readme_actors_example_runs(tmp_path: Path) -> None:
+    """The "Actors as Ray users expect them" example runs and prints what its comments say."""
+    out, err = await _run_block(tmp_path, "# actors.py")
+    assert out.split("\n")[:7] == [
+        "[3, 6, 9]",
+        "30",
+        "[0, 3, 6, 9, 12]",
+        "done",
+        "15",
+        "1",
+        "",
+    ]
+    assert "worker shutting down" in err

@@ -60,7 +60,7 @@ async def test_a_call_that_never_left_is_call_not_sent_and_retry_call_sends_it_o
     machine is reachable again, and the method runs exactly once."""
     async with bigactor.open_cluster() as cluster:
         ledger = await cluster.spawn(Ledger)
-        machine = ledger.machine
+        machine = bigactor.machine_of(ledger)
         assert await ledger.count() == 0
         path = machine.addr.partition(":")[2]
         os.rename(path, path + ".away")  # new connections fail; the worker keeps running
@@ -71,13 +71,13 @@ async def test_a_call_that_never_left_is_call_not_sent_and_retry_call_sends_it_o
             while not conn.broken:  # noqa: ASYNC110 - the driver notices the cut on its own
                 await trio.sleep(0.001)
         with pytest.raises(CallNotSent, match=r"not sent|cannot connect") as info:
-            await machine.call(f"{ledger.name}.count")
+            await machine.call(f"{bigactor.name_of(ledger)}.count")
         assert info.value.retriable
         result: list[int] = []
 
         async def retry() -> None:
             with trio.fail_after(20):
-                result.append(await machine.retry_call(f"{ledger.name}.count"))
+                result.append(await machine.retry_call(f"{bigactor.name_of(ledger)}.count"))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(retry)
@@ -93,8 +93,8 @@ async def test_a_call_cut_after_it_left_is_re_sent_only_if_idempotent(idempotent
     raises it at once for a plain method and re-sends an ``@idempotent`` one."""
     async with bigactor.open_cluster() as cluster:
         ledger = await cluster.spawn(Ledger)
-        machine = ledger.machine
-        method = f"{ledger.name}.{'read' if idempotent else 'add'}"
+        machine = bigactor.machine_of(ledger)
+        method = f"{bigactor.name_of(ledger)}.{'read' if idempotent else 'add'}"
         outcome: list[object] = []
 
         async def call() -> None:
@@ -106,7 +106,7 @@ async def test_a_call_cut_after_it_left_is_re_sent_only_if_idempotent(idempotent
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(call)
-                await machine.call(f"{ledger.name}.wait_entered")  # the first run is under way
+                await machine.call(f"{bigactor.name_of(ledger)}.wait_entered")  # the first run is under way
                 cut(machine)
         if idempotent:
             assert outcome == [2]  # re-sent after the cut; the second run returned

@@ -111,7 +111,7 @@ async def test_cancel_fails_a_pending_stream_with_machine_lost(
 
         async def cancel_soon() -> None:
             await trio.testing.wait_all_tasks_blocked()
-            recorder.machine.cancel()
+            bigactor.machine_of(recorder).cancel()
 
         nursery.start_soon(cancel_soon)
         t0 = trio.current_time()

@@ -18,6 +18,7 @@ calls whose frame never left the outbox (nothing of them reached the socket: saf
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,6 +44,12 @@ MAX_BUFFERS = 1 << 40
 STREAM_WINDOW = 32
 #: ...and at most this many bytes (but always one item, however big)
 STREAM_BYTES = 8 << 20
+
+#: the connection whose reader received the call being served (set in each reader task, so
+#: every task started for a call on it sees it): how a machine knows who is calling it
+current_connection: contextvars.ContextVar[Connection] = contextvars.ContextVar("bigactor_connection")
+#: the name of the actor whose method is running (set by the machine's dispatcher)
+current_actor: contextvars.ContextVar[str] = contextvars.ContextVar("bigactor_actor")
 
 
 class Dispatcher(Protocol):
@@ -156,6 +163,7 @@ class Connection:
     # -- receiving ----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
+        current_connection.set(self)
         while True:
             message = await self._ws.get_message()
             waiting = self._dispatch_all(message)

@@ -69,11 +69,15 @@ async def open_stream(addr: str) -> trio.abc.Stream:
         raise TransportError(addr, f"cannot connect: {exc}") from exc
 
 
-async def connect(nursery: trio.Nursery, addr: str, key: bytes) -> tuple[Connection, dict[str, str]]:
+async def connect(
+    nursery: trio.Nursery, addr: str, key: bytes, serve: tuple[ActorTable, RunSync] | None = None
+) -> tuple[Connection, dict[str, str]]:
     """Open, authenticate and start a calling connection to ``addr``.
 
     The connection's tasks run in ``nursery``. Returns the connection and the machine's
-    versions (check them with ``_auth.check_versions``).
+    versions (check them with ``_auth.check_versions``). With ``serve``, the machine may call
+    back over the same connection: its calls run against that table (the driver serves its
+    machines so; see ``_rpc.Link``).
     """
     stream = await open_stream(addr)
     try:
@@ -92,7 +96,7 @@ async def connect(nursery: trio.Nursery, addr: str, key: bytes) -> tuple[Connect
         if isinstance(exc, ProtocolError):
             raise TransportError(addr, str(exc)) from exc
         raise
-    conn = Connection(ws, addr)
+    conn = Connection(ws, addr, None if serve is None else CallDispatcher(serve[0], nursery, serve[1]))
     nursery.start_soon(_run_then_close, conn, stream, name=f"connection to {addr}")
     return conn, peer
 

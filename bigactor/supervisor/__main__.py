@@ -41,8 +41,9 @@ def _exit(code: int) -> None:
 async def _serve(config: dict[str, Any], listen_fd: int, lifeline_fd: int) -> None:
     import trio
 
-    from .._actor import current_cluster
+    from .._actor import cluster_var
     from .._cluster import Cluster
+    from .._rpc import Link
     from ._supervisor import WatchdogConfig, Worker
 
     key = bytes.fromhex(config["key"])
@@ -58,10 +59,17 @@ async def _serve(config: dict[str, Any], listen_fd: int, lifeline_fd: int) -> No
     sock = trio.socket.from_stdlib_socket(socket.socket(fileno=listen_fd))
     listener = trio.SocketListener(sock)
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(nursery, key)
-        current_cluster.set(cluster)
+        driver = Link()
+        cluster = Cluster(nursery, key, driver=driver)
+        cluster_var.set(cluster)
         worker = Worker(
-            addr, key, nursery, exit=_exit, watchdog=WatchdogConfig(**config["watchdog"]), cluster=cluster
+            addr,
+            key,
+            nursery,
+            exit=_exit,
+            watchdog=WatchdogConfig(**config["watchdog"]),
+            cluster=cluster,
+            driver=driver,
         )
         nursery.start_soon(lifeline)
         await worker.serve(listener)

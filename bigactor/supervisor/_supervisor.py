@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import platform
@@ -22,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import dill
 import psutil
 import trio
 
 from .. import _codec, _rpc, _version
-from .._errors import CodecError
+from .._errors import CodecError, ServiceNotFound
 from . import _introspect
 from ._info import DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
 
@@ -58,9 +58,22 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+_THREADS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("bigactor_threads")
+
+
 async def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run blocking work in a worker thread (the default for sync methods)."""
-    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    """Run blocking work in a worker thread (the default for sync methods).
+
+    Not bounded by Trio's default of 40 threads per process: each actor's queue bounds its
+    own threads (its ``max_concurrency``), and one actor's long methods must not hold up
+    another actor's calls, or a spawn's constructor, on the same machine.
+    """
+    try:
+        limiter = _THREADS.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(float("inf"))
+        _THREADS.set(limiter)
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
 
 
 @attrs.frozen
@@ -96,16 +109,53 @@ class Supervisor:
         return (await self._host(name, instance)).methods
 
     async def spawn(
-        self, name: str | None, cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        name: str | None,
+        cls: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        max_concurrency: int | None = None,
     ) -> tuple[str, dict[str, str]]:
         """Construct ``cls(*args, **kwargs)`` here and host it; return its name and methods."""
+        if name is not None and name in self._worker.table.actors:
+            raise ValueError(f"machine {self._worker.addr} already hosts an actor named {name!r}")
         instance = await self._worker.run_sync(cls, *args, **kwargs)
-        actor = await self._host(name, instance)
+        actor = await self._host(name, instance, max_concurrency)
         return actor.name, actor.methods
 
-    async def _host(self, name: str | None, instance: Any) -> _rpc.Actor:
+    async def stop_actor(self, name: str, grace: float) -> int:
+        """Stop hosting the actor ``name``: run its ``shutdown()`` hook, if it has one, for at
+        most ``grace`` seconds, then drop it. Returns how many actors are left here."""
+        actor = self._worker.table.actors.get(name)
+        if actor is None or name == "Supervisor":
+            raise ServiceNotFound(self._worker.addr, name, "no actor of that name here")
+        hook = getattr(actor.instance, "shutdown", None)
+        try:
+            if callable(hook):
+                with trio.move_on_after(grace) as scope:
+                    if inspect.iscoroutinefunction(inspect.unwrap(hook)):
+                        await hook()
+                    else:
+                        await self._worker.run_sync(hook)
+                if scope.cancelled_caught:
+                    log.warning("%s: %s.shutdown() took longer than %.1f s; stopped anyway",
+                                self._worker.addr, name, grace)  # fmt: skip
+        finally:
+            self._worker.table.actors.pop(name, None)
+            actor.close()
+        return len(self._worker.table.actors) - 1
+
+    async def attach_driver(self) -> None:
+        """Make the connection this call came on this machine's way back to its driver."""
+        self._worker.driver.attach(_rpc.current_connection.get())
+
+    async def _host(self, name: str | None, instance: Any, max_concurrency: int | None = None) -> _rpc.Actor:
         """Host ``instance``; run its ``init(ctx)`` if it has one (a failed init hosts nothing)."""
-        actor = self._worker.table.add(name, instance)
+        actor = (
+            self._worker.table.add(name, instance)
+            if max_concurrency is None
+            else self._worker.table.add(name, instance, max_concurrency=max_concurrency)
+        )
         init = getattr(instance, "init", None)
         if init is not None:
             try:
@@ -126,7 +176,7 @@ class Supervisor:
     async def actors(self) -> dict[str, dict[str, str]]:
         return {name: a.methods for name, a in self._worker.table.actors.items()}
 
-    async def set_names(self, names: dict[str, tuple[str, dict[str, str]]]) -> None:
+    async def set_names(self, names: dict[str, Any]) -> None:
         """Replace this machine's table of the cluster's named actors (see Cluster.actor)."""
         if self._worker.cluster is not None:
             self._worker.cluster._names = dict(names)
@@ -200,6 +250,7 @@ class Worker:
         watchdog: WatchdogConfig = WatchdogConfig(),
         cluster: Any = None,
         announce: Callable[[str], None] | None = None,
+        driver: _rpc.Link | None = None,
     ) -> None:
         self.addr = addr
         self._announce = announce
@@ -214,6 +265,8 @@ class Worker:
         self.healthy = True
         self.exited: int | None = None
         self.table = _rpc.ActorTable(addr, nursery, run_sync)
+        #: the way back to the driver (attached by the driver's first call on a connection)
+        self.driver = driver if driver is not None else _rpc.Link()
         self.table.add("Supervisor", Supervisor(self))
         nursery.start_soon(self._watch, name=f"watchdog {addr}")
 
@@ -221,7 +274,7 @@ class Worker:
         return Info(
             platform.python_version(),
             _version.__version__,
-            dill.__version__,
+            f"{_codec.PICKLER} {_codec.PICKLER_VERSION}",
             platform.platform(),
             code_digest(),
             os.getpid(),

@@ -2,7 +2,7 @@
 
 Each worker runs the driver's own interpreter with the driver's ``sys.path``, working directory
 and ``sys.argv``, plus the ``Environ`` asked for. Workers are forked from a *fork server*, a
-template process that imported bigactor, trio and dill once, so a worker is ready in
+template process that imported bigactor, trio and cloudpickle once, so a worker is ready in
 milliseconds rather than the ~0.3 s a fresh interpreter needs (see ``supervisor._forkserver``);
 where forking is not possible, or an ``Environ`` variable concerns the interpreter's own start
 (``PYTHON*``, ``LD_*``, ``MALLOC_*``), a fresh ``python -m bigactor.supervisor`` is started.
@@ -43,6 +43,7 @@ import tempfile
 from collections.abc import Callable
 
 import attrs
+import psutil
 import trio
 
 from .._output import LineSplitter
@@ -120,6 +121,11 @@ def _process_state(pid: int) -> str:
     return fields[0].decode() if fields else ""
 
 
+def _host_memory() -> int:
+    """The host's memory: what each local machine may use."""
+    return int(psutil.virtual_memory().total)
+
+
 class LocalInstance(Instance):
     """A worker process of the local system."""
 
@@ -128,6 +134,7 @@ class LocalInstance(Instance):
         self.addr = addr
         self.pid = pid
         self.maxprocs = 1
+        self.memory = _host_memory()
         self.hostname = socket.gethostname()
         self.observes_exit = True
         self.pidfd = _pidfd_open(pid)
@@ -474,6 +481,9 @@ class LocalSystem(System):
     _guardian: _Guardian | None = None
     #: the live workers by pid; a worker leaves the table when its exit has been seen
     _instances: dict[int, LocalInstance] = attrs.field(factory=dict)
+
+    def capacity(self) -> tuple[int, int | None]:
+        return (1, _host_memory())
 
     async def setup(self, nursery: trio.Nursery, key: bytes) -> None:
         self.key = key

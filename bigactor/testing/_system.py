@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from .. import _rpc
-from .._actor import current_cluster
+from .._actor import cluster_var
 from .._cluster import Cluster
 from .._machine import Machine
 from .._system import Instance, KeepaliveConfig, System
@@ -86,7 +86,8 @@ class TestSystem(System):
     Args:
         keepalive: keepalive config of the machines (bigmachine's test defaults).
         watchdog: the machines' watchdog; an expired watchdog kills the machine.
-        maxprocs: what ``machine.maxprocs`` reports.
+        maxprocs: what ``machine.maxprocs`` reports (the CPUs ``cpus=`` places by).
+        memory: what ``machine.memory`` reports, in bytes (None: unknown).
     """
 
     __test__ = False  # not a pytest test class
@@ -95,6 +96,7 @@ class TestSystem(System):
     keepalive: KeepaliveConfig = KeepaliveConfig(period=60.0, timeout=120.0, rpc_timeout=10.0)
     watchdog: WatchdogConfig = WatchdogConfig()
     maxprocs: int = 1
+    memory: int | None = None
     boot_timeout: float = 60.0
     key: bytes = b""
     _id: int = attrs.field(factory=lambda: next(_system_ids))
@@ -107,6 +109,9 @@ class TestSystem(System):
         self.key = key
         self._nursery = nursery
 
+    def capacity(self) -> tuple[int, int | None]:
+        return (self.maxprocs, self.memory)
+
     async def start(self, n: int, env: dict[str, str]) -> list[Instance]:
         assert self._nursery is not None, "TestSystem.setup was not called"
         out: list[Instance] = []
@@ -114,6 +119,7 @@ class TestSystem(System):
             self._count += 1
             m = _TestMachine(f"test:{self._id}-{self._count}", env)
             m.maxprocs = self.maxprocs
+            m.memory = self.memory
             _machines[m.addr] = m
             self._all.append(m)
             await self._nursery.start(self._serve, m)
@@ -124,8 +130,9 @@ class TestSystem(System):
         try:
             with m.scope:
                 async with trio.open_nursery() as nursery:
-                    cluster = Cluster(nursery, self.key)
-                    current_cluster.set(cluster)
+                    driver = _rpc.Link()
+                    cluster = Cluster(nursery, self.key, driver=driver)
+                    cluster_var.set(cluster)
 
                     def exit(code: int) -> None:
                         self.exited = True
@@ -140,6 +147,7 @@ class TestSystem(System):
                         watchdog=self.watchdog,
                         cluster=cluster,
                         announce=lambda message: None,
+                        driver=driver,
                     )
                     supervisor = m.worker.table.actors["Supervisor"].instance
                     keepalive = supervisor.keepalive
