@@ -420,15 +420,21 @@ class Machine:
                             raise CallNotSent(self.addr, exc.message) from exc
                         _rpc.check_versions(self.addr, peer)
                         if self._serve is not None:
-                            # The machine's way back to its driver (actors spawning actors).
-                            kind, _, data = await conn.call(
-                                _codec.encode_call("Supervisor.attach_driver", (), {})
-                            )
-                            if kind != Kind.REPLY:
-                                raise _rpc.decode_error(data, self.addr)
+                            await self._attach_driver(conn)
                         self._conn = conn
                     return self._conn
             await self.wait(State.RUNNING)
+
+    async def _attach_driver(self, conn: _rpc.Connection) -> None:
+        """Make ``conn`` the machine's way back to its driver (actors spawning actors); a
+        connection that cannot be made so is closed, never left running."""
+        try:
+            kind, _, data = await conn.call(_codec.encode_call("Supervisor.attach_driver", (), {}))
+            if kind != Kind.REPLY:
+                raise _rpc.decode_error(data, self.addr)
+        except BaseException:
+            await conn.aclose()
+            raise
 
     async def _raw_call(self, target: str, *args: Any, **kwargs: Any) -> Any:
         return await self._invoke(_codec.encode_call(target, args, kwargs), target, booting=True)
