@@ -115,8 +115,6 @@ class SpawnOptions:
     def for_wire(self) -> SpawnOptions:
         """The options as a machine sends them to the driver: ``machine`` as an address."""
         m = self.machine
-        if m is None or isinstance(m, str):
-            return self
-        if isinstance(m, ActorHandle):
-            return attrs.evolve(self, machine=m)
+        if m is None or isinstance(m, (str, ActorHandle)):
+            return self  # a handle pickles to its address
         return attrs.evolve(self, machine=getattr(m, "addr", m))
