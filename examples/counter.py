@@ -36,7 +36,7 @@ class Reporter:
 
     async def report(self, counter) -> str:
         total = await counter.total()
-        return f"the counter at {counter.machine.addr} says {total}"
+        return f"the counter at {bigactor.machine_of(counter).addr} says {total}"
 
 
 async def main() -> None:

@@ -12,7 +12,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60, check=False)
+    """Run an example; it must print no warning (a deprecated API, a coroutine never awaited)."""
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert "Warning" not in out.stderr, out.stderr
+    return out
 
 
 def test_counter_example_runs() -> None:
