@@ -134,7 +134,7 @@ class Bench:
         if len(self._echo) < k:
             machines = await start_echo_machines(cluster, k - len(self._echo))
             for m in machines:
-                self._echo.append((m, await cluster.spawn(Echo, machine=m)))
+                self._echo.append((m, await cluster.options(machine=m).spawn(Echo)))
         return self._echo[:k]
 
     async def close_cluster(self) -> None:

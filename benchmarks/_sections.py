@@ -166,7 +166,7 @@ async def actor_to_actor(bench: Bench) -> Section:
     o = bench.options
     cluster = await bench.cluster()
     (_, target), (m1, _) = await bench.echo_actors(2)
-    relay = await cluster.spawn(ba.Relay, machine=m1)
+    relay = await cluster.options(machine=m1).spawn(ba.Relay)
     runs: list[list[float]] = []
     floor_runs: dict[str, list[list[float]]] = {"tcp": [], "ws": []}
     reuse = bench.notes.get("seq_floors")
