@@ -262,3 +262,23 @@ async def test_stop_keeps_a_shared_machine_running(cluster: bigactor.Cluster) ->
         await a.get("NOPE")
     await cluster.stop(b)
     assert m.state == State.RUNNING  # started by cluster.start: the user's to stop
+
+
+class Pair:
+    """Two calls of `meet` return only if they run at once (on two threads)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(2, timeout=5)
+
+    def meet(self) -> int:
+        return self.barrier.wait()
+
+
+@pytest.mark.slow
+async def test_max_concurrency_from_options_reaches_the_actor() -> None:
+    """(Real threads: the test system runs sync methods inline.)"""
+    async with bigactor.open_cluster() as cluster:
+        pair = await cluster.options(max_concurrency=2).spawn(Pair)
+        assert sorted(await bigactor.gather(pair.meet(), pair.meet())) == [0, 1]

@@ -280,7 +280,6 @@ class ActorTable:
         ``max_concurrency`` (None or an int >= 1, else ValueError) is described on
         :class:`Actor`.
         """
-        check_max_concurrency(instance, max_concurrency)
         if name is None:
             self._counter += 1
             name = f"{type(instance).__name__}-{self._counter}"

@@ -151,11 +151,7 @@ class Supervisor:
 
     async def _host(self, name: str | None, instance: Any, max_concurrency: int | None = None) -> _rpc.Actor:
         """Host ``instance``; run its ``init(ctx)`` if it has one (a failed init hosts nothing)."""
-        actor = (
-            self._worker.table.add(name, instance)
-            if max_concurrency is None
-            else self._worker.table.add(name, instance, max_concurrency=max_concurrency)
-        )
+        actor = self._worker.table.add(name, instance, max_concurrency)
         init = getattr(instance, "init", None)
         if init is not None:
             try:
