@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from . import _codec, _rpc, _status
-from ._actor import ActorHandle, Environ, Services, cluster_var, machine_of
+from ._actor import ActorHandle, Environ, Services, cluster_var
 from ._errors import BigActorError, ClusterClosed, MachineLost, ServiceNotFound
 from ._machine import SHUTDOWN_GRACE, Machine, State
 from ._options import SpawnOptions
@@ -302,7 +302,7 @@ class Cluster:
 
     def _machine_at(self, where: Any) -> Machine:
         if isinstance(where, ActorHandle):
-            return machine_of(where) if where._machine is not None else self.machine_for(where._addr)
+            return self.machine_for(where._addr)
         if isinstance(where, Machine):
             return where
         machine = self._machines.get(str(where))
@@ -322,8 +322,7 @@ class Cluster:
 
     def _release(self, addr: str, options: SpawnOptions) -> None:
         if addr in self._usage:
-            used_cpus, used_memory = self._usage[addr]
-            self._usage[addr] = (used_cpus - (options.cpus or 0.0), used_memory - (options.memory or 0))
+            self._reserve(addr, -(options.cpus or 0.0), -(options.memory or 0))
 
     async def stop(self, handle: ActorHandle, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop one actor (Ray's ``ray.kill``): run its ``shutdown()`` hook, if it has one

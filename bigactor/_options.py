@@ -7,6 +7,7 @@ the constructor's namespace (as Ray's ``.options()``), so an actor whose ``__ini
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import attrs
 
 from ._actor import ActorHandle, Environ
+from ._machine import backoff
 
 
 def _repeat(value: Iterable[str]) -> frozenset[str]:
@@ -48,8 +50,11 @@ class Restart:
             raise ValueError(f"window must be > 0 seconds, not {self.window!r}")
 
     def backoff(self, attempt: int) -> float:
-        """Seconds to wait before restart number ``attempt`` within the window (1-based)."""
-        return 0.0 if attempt <= 1 else float(min(1.5 ** (attempt - 2), 5.0))
+        """Seconds to wait before restart number ``attempt`` within the window (1-based): none
+        for the first, then the machine's retry waits."""
+        if attempt <= 1:
+            return 0.0
+        return float(next(itertools.islice(backoff(), attempt - 2, None)))
 
 
 def _restart(value: Restart | int | None) -> Restart | None:
