@@ -91,6 +91,7 @@ from typing import Any
 
 from ._actor import ActorHandle, Environ, Services, machine_of, name_of
 from ._cluster import Cluster, Spawner, current_cluster
+from ._contract import DiskInfo, Info, LoadInfo, MemInfo
 from ._debug import serve_debug
 from ._errors import (
     BigActorError,
@@ -110,10 +111,10 @@ from ._gather import ActorPool, as_completed, gather
 from ._machine import Machine, RemoteStream, State
 from ._open import open_cluster
 from ._options import Restart, SpawnOptions
-from ._rpc import MethodCancelled, cancelled, idempotent
+from ._rpc import MethodCancelled, Transport, cancelled, idempotent
 from ._system import Instance, KeepaliveConfig, System
 from ._version import __version__
-from .supervisor import Context, DiskInfo, Info, LoadInfo, MemInfo
+from .supervisor import Context
 
 __all__ = [
     "ActorHandle",
@@ -147,6 +148,7 @@ __all__ = [
     "Spawner",
     "State",
     "System",
+    "Transport",
     "TransportError",
     "__version__",
     "as_completed",

@@ -19,9 +19,9 @@ from ._actor import ActorHandle, Environ, Services, cluster_var
 from ._errors import BigActorError, ClusterClosed, MachineLost, ServiceNotFound
 from ._machine import SHUTDOWN_GRACE, Machine, State
 from ._options import SpawnOptions
+from ._rpc import run_in_thread
 from ._supervision import ActorRecord, Life
 from ._system import KeepaliveConfig, System
-from .supervisor import run_in_thread
 
 log = logging.getLogger("bigactor")
 OUTPUT_GRACE = 2.0
@@ -44,10 +44,16 @@ class Cluster:
         system: System | None = None,
         keepalive: KeepaliveConfig | None = None,
         driver: _rpc.Link | None = None,
+        transport: _rpc.Transport | None = None,
     ) -> None:
         self._nursery = nursery
         self._key = key
         self._system = system
+        #: how this cluster dials machines: its system's transport on the driver, the one its
+        #: worker serves through on a machine
+        if transport is None:
+            transport = system.transport if system is not None else _rpc.Transport()
+        self._transport = transport
         self._keepalive = keepalive or (system.keepalive if system is not None else KeepaliveConfig())
         self._machines: dict[str, Machine] = {}
         #: the named actors: name -> what a handle needs (see ActorRecord.entry)
@@ -141,6 +147,7 @@ class Cluster:
                 inst.addr,
                 self._key,
                 self._nursery,
+                transport=self._transport,
                 owned=True,
                 keepalive=self._keepalive,
                 maxprocs=inst.maxprocs,
@@ -502,7 +509,13 @@ class Cluster:
             m = next((s for s in self._stopped if s.addr == addr and s.owned), None)
         if m is None:
             m = Machine(
-                addr, self._key, self._nursery, owned=False, keepalive=self._keepalive, on_stop=self._forget
+                addr,
+                self._key,
+                self._nursery,
+                transport=self._transport,
+                owned=False,
+                keepalive=self._keepalive,
+                on_stop=self._forget,
             )
             self._machines[addr] = m
             self._nursery.start_soon(m._run, name=f"dialed machine {addr}")

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from . import _codec, _rpc
+from ._contract import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
 from ._errors import (
     BigActorError,
     CallNotSent,
@@ -36,7 +37,6 @@ from ._metrics import Registry, payload_size
 from ._output import Output
 from ._rpc import Kind
 from ._system import Instance, KeepaliveConfig
-from .supervisor import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
 
 log = logging.getLogger("bigactor")
 
@@ -82,6 +82,7 @@ class Machine:
         key: bytes,
         nursery: trio.Nursery,
         *,
+        transport: _rpc.Transport,
         owned: bool,
         keepalive: KeepaliveConfig,
         maxprocs: int = 1,
@@ -101,6 +102,7 @@ class Machine:
         self._serve = serve
         self.hostname = hostname or _hostname(addr)
         self._key = key
+        self._transport = transport
         self._cluster_nursery = nursery
         self._keepalive = keepalive
         self._instance = instance
@@ -414,7 +416,9 @@ class Machine:
                         if self._nursery is None or self.state == State.STOPPED:
                             raise self._lost()
                         try:
-                            conn, peer = await _rpc.connect(self._nursery, self.addr, self._key, self._serve)
+                            conn, peer = await _rpc.connect(
+                                self._nursery, self.addr, self._key, self._serve, transport=self._transport
+                            )
                         except TransportError as exc:
                             # No connection: whatever was to go on it never left.
                             raise CallNotSent(self.addr, exc.message) from exc
@@ -614,7 +618,11 @@ class RemoteStream:
 
 
 def _hostname(addr: str) -> str:
-    scheme, _, rest = addr.partition(":")
-    if scheme == "tcp":
-        return rest.rpartition(":")[0].strip("[]") or "unknown"
-    return "localhost" if scheme in ("unix", "test") else "unknown"
+    """The host of a dialed machine's address: ``scheme:host:port`` (``tcp:``, ``tls:``) names
+    it; ``unix:`` and ``test:`` machines are on this host."""
+    if addr.partition(":")[0] in ("unix", "test"):
+        return "localhost"
+    try:
+        return _rpc.host_port(addr)[0] or "unknown"
+    except ValueError:
+        return "unknown"

@@ -40,7 +40,8 @@ async def open_cluster(
     """Open a cluster on ``system`` and close it, with every machine it started, on exit.
 
     ``system`` is a System instance or a system name; without one, ``BIGACTOR_SYSTEM`` names
-    it, else ``local``. ``options`` go to the named system's constructor. With
+    it, else ``local``. ``options`` go to the named system's constructor; the options not
+    given come from ``BIGACTOR_<SYSTEM>_<OPTION>`` variables where set. With
     ``debug_address`` (``"127.0.0.1:8080"``, or port 0 for any), the cluster also serves its
     debug pages there (see ``serve_debug``); ``cluster.debug_url`` says where, with the token
     they need: ``debug_token``, else ``BIGACTOR_DEBUG_TOKEN``, else a random one.

@@ -20,7 +20,6 @@ import attrs
 import trio
 
 from ._machine import Machine, State
-from .supervisor import _introspect
 
 T = TypeVar("T")
 ASK_TIMEOUT = 10.0
@@ -111,6 +110,27 @@ async def status(machines: Sequence[Machine]) -> list[dict[str, Any]]:
     return out
 
 
+class _RawStats:
+    """What ``pstats.Stats`` needs to load a stats dict that came over the wire."""
+
+    def __init__(self, stats: dict[Any, Any]) -> None:
+        self.stats = stats
+
+    def create_stats(self) -> None:
+        pass
+
+
+def merge_pstats(parts: list[dict[Any, Any]]) -> pstats.Stats | None:
+    """Merge the ``pstats`` dicts of several profiles into one ``pstats.Stats``."""
+    merged: pstats.Stats | None = None
+    for part in parts:
+        if merged is None:
+            merged = pstats.Stats(_RawStats(part))  # type: ignore[arg-type]
+        else:
+            merged.add(_RawStats(part))  # type: ignore[arg-type]
+    return merged
+
+
 @attrs.frozen
 class Profile:
     """A CPU profile merged over machines: ``pstats`` and collapsed stacks (flame graphs)."""
@@ -123,7 +143,7 @@ class Profile:
 
     def pstats(self) -> pstats.Stats:
         """The merged profile as ``pstats.Stats``."""
-        merged = _introspect.merge_pstats([self.stats]) if self.stats else None
+        merged = merge_pstats([self.stats]) if self.stats else None
         if merged is None:
             raise LookupError("the profile is empty")
         return merged
@@ -150,7 +170,7 @@ async def profile(machines: Sequence[Machine], seconds: float) -> Profile:
     answers, errors = await _gather(
         machines, lambda m: m.call("Supervisor.profile", seconds), limit=seconds + ASK_TIMEOUT
     )
-    merged = _introspect.merge_pstats([a["pstats"] for a in answers.values()])
+    merged = merge_pstats([a["pstats"] for a in answers.values()])
     collapsed: Counter[str] = Counter()
     for a in answers.values():
         collapsed.update(a["collapsed"])

@@ -5,8 +5,13 @@ A system starts machines and hands back one :class:`Instance` per machine: its a
 the system can observe of it from outside (its process exit, its output). Everything else (the
 connection, keepalives, services) is the cluster's and is the same on every system.
 
-Third-party systems register under the entry-point group ``bigactor.systems`` and are chosen by
-name (``BIGACTOR_SYSTEM=name`` or ``open_cluster("name")``).
+A system owns its :class:`~bigactor._rpc.Transport` (``system.transport``): how the driver's
+connections reach its machines (plain ``unix:``/``tcp:`` streams by default; the test system's
+in-memory streams; mutual TLS). Each keyword option of a system's constructor may also come
+from the environment as ``BIGACTOR_<SYSTEM>_<OPTION>`` (see ``_settings``).
+
+Systems register under the entry-point group ``bigactor.systems`` (bigactor's own ``local`` and
+``test`` too) and are chosen by name (``BIGACTOR_SYSTEM=name`` or ``open_cluster("name")``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from typing import ClassVar
 
 import attrs
 import trio
+
+from ._rpc import Transport
+from ._settings import SettingsMeta
 
 
 @attrs.frozen
@@ -62,12 +70,21 @@ class Instance(abc.ABC):
         """End the machine now, without grace."""
 
 
-class System(abc.ABC):
-    """A backend that starts machines; see the module docstring."""
+class System(metaclass=SettingsMeta):
+    """A backend that starts machines; see the module docstring.
+
+    Subclasses are attrs classes (``@attrs.define(kw_only=True)``) whose public fields are
+    their options: each may be given to the constructor or set as ``BIGACTOR_<NAME>_<OPTION>``
+    in the environment (the keyword wins).
+    """
 
     name: ClassVar[str]
     keepalive: KeepaliveConfig
     key: bytes
+    #: how the driver's connections reach this system's machines (shared by all of them; the
+    #: plain transport by default). A system whose workers speak another way sets its own, and
+    #: gives the same kind to its workers' ``serve_worker``.
+    transport: Transport = Transport()
     #: seconds a machine may take from start to answering its first call
     boot_timeout: float = 60.0
 
@@ -84,5 +101,5 @@ class System(abc.ABC):
     async def start(self, n: int, env: dict[str, str]) -> list[Instance]:
         """Start up to ``n`` machines with ``env`` added to their environment."""
 
-    async def aclose(self) -> None:  # noqa: B027 - nothing to release by default
+    async def aclose(self) -> None:
         """Release everything the system holds; every machine it started is gone after this."""

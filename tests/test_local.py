@@ -335,7 +335,7 @@ async def test_stream_abandoned_as_it_is_opened_stops_on_the_machine() -> None:
         # On the wire: a streaming CALL and its CANCEL queued together reach the worker in
         # one message (a caller abandoning a stream races the same way, less reliably).
         async with trio.open_nursery() as nursery:
-            conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
+            conn, _ = await _rpc.connect(nursery, m.addr, cluster._key, transport=_rpc.Transport())
             call_id = conn.open_stream(_codec.encode_call(f"{bigactor.name_of(sleeper)}.ticks", (), {}))
             conn.close_stream(call_id)
             # The reply to a later call on the same connection means the worker read both frames.

@@ -106,7 +106,7 @@ async def test_malformed_frames_close_that_connection_only_with_a_logged_reason(
         assert await m.call("echo.echo", 1) == 1
         for messages, reason in cases:
             async with trio.open_nursery() as nursery:
-                conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
+                conn, _ = await _rpc.connect(nursery, m.addr, cluster._key, transport=_rpc.Transport())
                 for message in messages:
                     await conn._ws.send_message(message)
                 with trio.fail_after(5):
@@ -148,7 +148,7 @@ async def test_bad_calls_get_clear_errors_and_the_connection_serves_on() -> None
         with trio.fail_after(30):
             assert await m.wait(State.RUNNING) == State.RUNNING
         async with trio.open_nursery() as nursery:
-            conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
+            conn, _ = await _rpc.connect(nursery, m.addr, cluster._key, transport=_rpc.Transport())
             kind, _, data = await conn.call(_codec.Payload([b"\x80\x05this is not a pickle"], 0))
             assert kind == Kind.ERROR
             assert isinstance(_rpc.decode_error(data, m.addr), bigactor.CodecError)
@@ -213,7 +213,7 @@ async def test_unauthenticated_peer_gets_nothing_deserialised(tmp_path: Path) ->
 
         async with trio.open_nursery() as nursery:
             with pytest.raises(bigactor.TransportError, match="authentication"):
-                await _rpc.connect(nursery, m.addr, secrets.token_bytes(32))
+                await _rpc.connect(nursery, m.addr, secrets.token_bytes(32), transport=_rpc.Transport())
 
         await _send_unauthenticated(m.addr, evil)
         await _send_unauthenticated(m.addr, evil_call)

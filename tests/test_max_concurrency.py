@@ -23,7 +23,6 @@ import trio.testing
 
 from bigactor import _codec, _rpc
 from bigactor._rpc import Kind
-from bigactor.supervisor import run_in_thread
 from bigactor.testing._system import run_inline
 
 pytestmark = pytest.mark.slow  # real threads and sockets
@@ -45,7 +44,7 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def hosting(
-    actors: dict[str, tuple[Any, int | None]], run_sync: _rpc.RunSync = run_in_thread
+    actors: dict[str, tuple[Any, int | None]], run_sync: _rpc.RunSync = _rpc.run_in_thread
 ) -> AsyncIterator[tuple[Client, _rpc.ActorTable]]:
     """Host ``{name: (instance, max_concurrency)}`` on a Unix socket; yield a client and the table."""
     directory = tempfile.mkdtemp(prefix="bigactor-test-")  # short: a socket path has 108 bytes
@@ -61,11 +60,13 @@ async def hosting(
             for name, (instance, n) in actors.items():
                 table.add(name, instance, max_concurrency=n)
 
+            admission = _rpc.Admission(addr=addr, transport=_rpc.Transport())
+
             async def handle(stream: trio.abc.Stream) -> None:
-                await _rpc.serve_stream(stream, addr, key, table, run_sync)
+                await _rpc.serve_stream(stream, admission, key, table, run_sync)
 
             await nursery.start(trio.serve_listeners, handle, [trio.SocketListener(sock)])
-            conn, _ = await _rpc.connect(nursery, addr, key)
+            conn, _ = await _rpc.connect(nursery, addr, key, transport=_rpc.Transport())
             yield Client(conn, addr), table
             await conn.aclose()
             nursery.cancel_scope.cancel()
@@ -181,7 +182,7 @@ class Napper:
 
 async def test_add_rejects_a_max_concurrency_that_is_not_a_positive_int(nursery: trio.Nursery) -> None:
     """0, negatives, floats, strings and bools are a ValueError; nothing is hosted."""
-    table = _rpc.ActorTable("unix:nowhere", nursery, run_in_thread)
+    table = _rpc.ActorTable("unix:nowhere", nursery, _rpc.run_in_thread)
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(
             ValueError, match=r"max_concurrency of a Meeting actor must be None or an int >= 1"

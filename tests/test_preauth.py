@@ -18,9 +18,9 @@ from bigactor._rpc._transport import HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, WARNING_
 from bigactor._rpc._websocket import WebSocketClosed, client_upgrade
 
 
-async def bad_handshake(addr: str) -> None:
+async def bad_handshake(cluster: bigactor.Cluster, addr: str) -> None:
     """Upgrade to a websocket at ``addr``, send garbage as HELLO, wait until the worker hangs up."""
-    stream = await _rpc.open_stream(addr)
+    stream = await transport(cluster).open(addr)
     try:
         ws = await client_upgrade(stream, "bigactor")
         await ws.send_message(b"not a hello")
@@ -28,6 +28,12 @@ async def bad_handshake(addr: str) -> None:
             await ws.get_message()
     finally:
         await stream.aclose()
+
+
+def transport(cluster: bigactor.Cluster) -> _rpc.Transport:
+    """The transport ``cluster``'s machines are reached through (its system's)."""
+    assert cluster.system is not None
+    return cluster.system.transport
 
 
 def rejections(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
@@ -46,15 +52,15 @@ async def test_a_flood_of_bad_handshakes_logs_one_warning_a_minute(
     caplog.set_level(logging.DEBUG, logger="bigactor.rpc")
     [m] = await cluster.start(1, Services(echo=Echo()))
     for _ in range(100):
-        await bad_handshake(m.addr)
+        await bad_handshake(cluster, m.addr)
     assert len(rejections(caplog, logging.WARNING)) == 1
     assert len(rejections(caplog, logging.DEBUG)) == 99
 
     await trio.sleep(WARNING_PERIOD - 1)
-    await bad_handshake(m.addr)
+    await bad_handshake(cluster, m.addr)
     assert len(rejections(caplog, logging.WARNING)) == 1
     await trio.sleep(1)
-    await bad_handshake(m.addr)
+    await bad_handshake(cluster, m.addr)
     warnings = rejections(caplog, logging.WARNING)
     assert len(warnings) == 2
     assert "did not open with the bigactor handshake (and 100 more in the last 60 s" in warnings[1]
@@ -67,7 +73,7 @@ async def test_a_silent_connection_is_closed_after_the_handshake_timeout(
     """A peer that connects and says nothing is hung up on after exactly HANDSHAKE_TIMEOUT."""
     [m] = await cluster.start(1, Services(echo=Echo()))
     start = trio.current_time()
-    stream = await _rpc.open_stream(m.addr)
+    stream = await transport(cluster).open(m.addr)
     assert await stream.receive_some() == b""
     assert trio.current_time() - start == HANDSHAKE_TIMEOUT
     await stream.aclose()
@@ -80,13 +86,15 @@ async def test_one_connection_too_many_closes_the_oldest_at_once(
     virtual time passes), and a client that handshakes still gets through."""
     [m] = await cluster.start(1, Services(echo=Echo()))
     start = trio.current_time()
-    idle = [await _rpc.open_stream(m.addr) for _ in range(MAX_HANDSHAKES + 2)]
+    idle = [await transport(cluster).open(m.addr) for _ in range(MAX_HANDSHAKES + 2)]
     for stream in idle[:2]:
         assert await stream.receive_some() == b""
     assert trio.current_time() == start
     assert await m.call("Supervisor.ping", 1) == 1
     async with trio.open_nursery() as nursery:
-        conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)  # pushes idle[2] out
+        conn, _ = await _rpc.connect(
+            nursery, m.addr, cluster._key, transport=transport(cluster)
+        )  # pushes idle[2] out
         _, _, data = await conn.call(_codec.encode_call("Supervisor.ping", (2,), {}))
         assert _codec.loads(data) == 2
         await conn.aclose()
@@ -122,7 +130,7 @@ async def test_idle_connections_leave_a_real_worker_bounded_and_serving() -> Non
             async with trio.open_nursery() as nursery:
                 # Accepted after every idle connection: once it has its reply, the worker has
                 # seen them all.
-                conn, _ = await _rpc.connect(nursery, m.addr, cluster._key)
+                conn, _ = await _rpc.connect(nursery, m.addr, cluster._key, transport=_rpc.Transport())
                 _, _, data = await conn.call(_codec.encode_call("echo.echo", (7,), {}))
                 assert _codec.loads(data) == 7
                 during = worker.num_fds()

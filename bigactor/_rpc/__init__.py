@@ -6,10 +6,11 @@ from ._frames import Kind
 from ._link import Link
 from ._remote import decode_error, encode_error
 from ._server import Actor, ActorTable, RunSync, idempotent, is_idempotent, method_kind, method_table
-from ._threads import MethodCancelled, cancelled
-from ._transport import Admission, connect, open_stream, register_scheme, serve_stream
+from ._threads import MethodCancelled, cancelled, run_in_thread
+from ._transport import HANDSHAKE_TIMEOUT, Admission, Transport, connect, host_port, serve_stream
 
 __all__ = [
+    "HANDSHAKE_TIMEOUT",
     "Actor",
     "Admission",
     "ActorTable",
@@ -18,6 +19,7 @@ __all__ = [
     "Link",
     "MethodCancelled",
     "RunSync",
+    "Transport",
     "VersionMismatch",
     "cancelled",
     "check_versions",
@@ -26,12 +28,12 @@ __all__ = [
     "current_connection",
     "decode_error",
     "encode_error",
+    "host_port",
     "idempotent",
     "is_idempotent",
     "method_kind",
     "method_table",
-    "open_stream",
-    "register_scheme",
+    "run_in_thread",
     "serve_stream",
     "versions",
 ]

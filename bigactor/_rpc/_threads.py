@@ -1,4 +1,5 @@
-"""Sync methods in worker threads: stopping one whose caller gave up, and starting them in order.
+"""Sync methods in worker threads: stopping one whose caller gave up, starting them in order,
+and the thread pool they run in (:func:`run_in_thread`).
 
 A sync actor method runs in a worker thread, where Trio cannot cancel it. When its caller
 gives up, :meth:`ThreadCall.cancel` raises :class:`MethodCancelled` inside that thread with
@@ -38,7 +39,9 @@ rather than at its next bytecode.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -222,3 +225,22 @@ class Turnstile:
             self._skipped.remove(self._next)
             self._next += 1
         self._cond.notify_all()
+
+
+_THREADS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("bigactor_threads")
+
+
+async def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run blocking work in a worker thread (the default for sync methods).
+
+    Not bounded by Trio's default of 40 threads per process: each actor's queue bounds its
+    own threads (its ``max_concurrency``), and one actor's long methods must not hold up
+    another actor's calls, or a spawn's constructor, on the same machine. Cancelling the
+    caller waits for ``fn`` to return (it is never abandoned).
+    """
+    try:
+        limiter = _THREADS.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(math.inf)
+        _THREADS.set(limiter)
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)

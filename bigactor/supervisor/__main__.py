@@ -4,30 +4,35 @@ The local system starts this with two inherited descriptors:
 
 * ``--listen-fd``: a listening socket the driver bound (so no port or path race);
 * ``--lifeline-fd``: the read end of a pipe whose write end only the driver holds. The first
-  line is the worker's JSON configuration (cluster key, address, ``sys.path``, ``sys.argv``,
-  watchdog); end-of-file afterwards means the driver is gone, and the worker exits at once.
+  line is the worker's configuration (``bigactor._contract.WorkerConfig.to_json``: cluster key,
+  address, ``sys.path``, ``sys.argv``, watchdog, log level); end-of-file afterwards means the
+  driver is gone, and the worker exits at once.
+
+The machine itself is :func:`bigactor.supervisor.serve_worker` over the plain transport.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
 import sys
-from typing import Any
+
+from .._contract import WorkerConfig
 
 
-def _read_config(fd: int) -> dict[str, Any]:
+def _read_config(fd: int) -> WorkerConfig:
     buf = b""
     while not buf.endswith(b"\n"):
         chunk = os.read(fd, 65536)
         if not chunk:
             sys.exit("bigactor worker: the driver went away before sending the configuration")
         buf += chunk
-    config: dict[str, Any] = json.loads(buf)
-    return config
+    try:
+        return WorkerConfig.from_json(buf)
+    except ValueError as exc:
+        sys.exit(f"bigactor worker: {exc}")
 
 
 def _exit(code: int) -> None:
@@ -38,16 +43,11 @@ def _exit(code: int) -> None:
         os._exit(code)
 
 
-async def _serve(config: dict[str, Any], listen_fd: int, lifeline_fd: int) -> None:
+async def _serve(config: WorkerConfig, listen_fd: int, lifeline_fd: int) -> None:
     import trio
 
-    from .._actor import cluster_var
-    from .._cluster import Cluster
-    from .._rpc import Link
-    from ._supervisor import WatchdogConfig, Worker
-
-    key = bytes.fromhex(config["key"])
-    addr = config["addr"]
+    from .. import _rpc
+    from ._serve import serve_worker
 
     async def lifeline() -> None:
         stream = trio.lowlevel.FdStream(lifeline_fd)
@@ -57,32 +57,18 @@ async def _serve(config: dict[str, Any], listen_fd: int, lifeline_fd: int) -> No
         _exit(1)
 
     sock = trio.socket.from_stdlib_socket(socket.socket(fileno=listen_fd))
-    listener = trio.SocketListener(sock)
     async with trio.open_nursery() as nursery:
-        driver = Link()
-        cluster = Cluster(nursery, key, driver=driver)
-        cluster_var.set(cluster)
-        worker = Worker(
-            addr,
-            key,
-            nursery,
-            exit=_exit,
-            watchdog=WatchdogConfig(**config["watchdog"]),
-            cluster=cluster,
-            driver=driver,
-        )
         nursery.start_soon(lifeline)
-        await worker.serve(listener)
+        await serve_worker(config, trio.SocketListener(sock), transport=_rpc.Transport(), exit=_exit)
 
 
 def run_worker(listen_fd: int, lifeline_fd: int) -> None:
     """Read the configuration from the lifeline and serve until the worker exits."""
     config = _read_config(lifeline_fd)
-    sys.path[:] = config["sys_path"]
-    sys.argv[:] = config["argv"] or [""]
-    logging.basicConfig(
-        level=config.get("log_level", logging.WARNING), format="%(levelname)s %(name)s: %(message)s"
-    )
+    if config.sys_path:
+        sys.path[:] = config.sys_path
+    sys.argv[:] = config.argv or [""]
+    logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
     import trio
 
     trio.run(_serve, config, listen_fd, lifeline_fd)

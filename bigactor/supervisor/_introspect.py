@@ -3,7 +3,8 @@
 Profiles come two ways, taken together over the same seconds: ``cProfile`` on the Trio thread
 (exact call counts and times, for ``pstats`` and its viewers) and a sampler of every thread's
 stack (``sys._current_frames``, for flame graphs in the collapsed-stack format, and the only
-view of sync methods running in worker threads). Both merge across machines by addition.
+view of sync methods running in worker threads). Both merge across machines by addition, on
+the driver (``bigactor._status.merge_pstats``).
 """
 
 from __future__ import annotations
@@ -110,24 +111,3 @@ def stacks() -> str:
     out.append("trio tasks:")
     _task_tree(trio.lowlevel.current_root_task(), 0, out)  # type: ignore[arg-type]
     return "\n".join(out) + "\n"
-
-
-class _RawStats:
-    """What ``pstats.Stats`` needs to load a stats dict that came over the wire."""
-
-    def __init__(self, stats: dict[Any, Any]) -> None:
-        self.stats = stats
-
-    def create_stats(self) -> None:
-        pass
-
-
-def merge_pstats(parts: list[dict[Any, Any]]) -> pstats.Stats | None:
-    """Merge the ``pstats`` dicts of several profiles into one ``pstats.Stats``."""
-    merged: pstats.Stats | None = None
-    for part in parts:
-        if merged is None:
-            merged = pstats.Stats(_RawStats(part))  # type: ignore[arg-type]
-        else:
-            merged.add(_RawStats(part))  # type: ignore[arg-type]
-    return merged

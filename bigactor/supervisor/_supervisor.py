@@ -27,24 +27,11 @@ import psutil
 import trio
 
 from .. import _codec, _rpc, _version
+from .._contract import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo, WatchdogConfig
 from .._errors import CodecError, ServiceNotFound
 from . import _introspect
-from ._info import DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo
 
 log = logging.getLogger("bigactor.supervisor")
-
-SYNC_MARKER = "========// bigactor done //========"
-
-
-@attrs.frozen
-class WatchdogConfig:
-    """When an unattended worker exits: checked every ``tick`` s; ``boot_grace`` s before the
-    first keepalive arrives. At each tick the worker also checks its host's memory: above
-    ``unhealthy_memory_percent`` it reports itself unhealthy in its keepalive replies."""
-
-    tick: float = 30.0
-    boot_grace: float = 120.0
-    unhealthy_memory_percent: float = 95.0
 
 
 @functools.cache
@@ -56,24 +43,6 @@ def code_digest() -> str:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
-
-
-_THREADS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("bigactor_threads")
-
-
-async def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run blocking work in a worker thread (the default for sync methods).
-
-    Not bounded by Trio's default of 40 threads per process: each actor's queue bounds its
-    own threads (its ``max_concurrency``), and one actor's long methods must not hold up
-    another actor's calls, or a spawn's constructor, on the same machine.
-    """
-    try:
-        limiter = _THREADS.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(float("inf"))
-        _THREADS.set(limiter)
-    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
 
 
 @attrs.frozen
@@ -242,13 +211,18 @@ class Worker:
         key: bytes,
         nursery: trio.Nursery,
         exit: Callable[[int], None],
-        run_sync: _rpc.RunSync = run_in_thread,
-        watchdog: WatchdogConfig = WatchdogConfig(),
+        run_sync: _rpc.RunSync = _rpc.run_in_thread,
+        watchdog: WatchdogConfig | None = None,
         cluster: Any = None,
         announce: Callable[[str], None] | None = None,
         driver: _rpc.Link | None = None,
+        transport: _rpc.Transport | None = None,
     ) -> None:
+        if watchdog is None:
+            watchdog = WatchdogConfig()
         self.addr = addr
+        #: how connections to this machine are accepted (the plain transport by default)
+        self.transport = transport if transport is not None else _rpc.Transport()
         self._announce = announce
         self.key = key
         self.nursery = nursery
@@ -321,13 +295,14 @@ class Worker:
     ) -> None:
         """Accept and serve connections on ``listener`` forever.
 
-        The connections share one admission (``_rpc.Admission``): at most 64 of them in
-        their handshake at once (a newer one closes the oldest), and rejections logged at a
-        bounded rate.
+        Each connection is accepted through the worker's transport. The connections share one
+        admission (``_rpc.Admission``): at most 64 of them in their transport's accept and
+        handshake at once (a newer one closes the oldest), and rejections logged at a bounded
+        rate.
         """
-        admission = _rpc.Admission(addr=self.addr)
+        admission = _rpc.Admission(addr=self.addr, transport=self.transport)
 
         async def handle(stream: trio.abc.Stream) -> None:
-            await _rpc.serve_stream(stream, self.addr, self.key, self.table, self.run_sync, admission)
+            await _rpc.serve_stream(stream, admission, self.key, self.table, self.run_sync)
 
         await trio.serve_listeners(handle, [listener], task_status=task_status)

@@ -4,6 +4,12 @@
 * ``test`` (:class:`bigactor.testing.TestSystem`): in-process machines for tests.
 * Third-party systems register a :class:`System` subclass under the entry-point group
   ``bigactor.systems``; ``BIGACTOR_SYSTEM=name`` or ``open_cluster("name")`` picks one.
+
+Every system is found the same way, through that entry-point group: bigactor registers its own
+two there too (in its package metadata), so choosing ``test`` imports the testing package and
+nothing here does. Each option of a system's constructor may also come from the environment,
+as ``BIGACTOR_<SYSTEM>_<OPTION>`` (``BIGACTOR_LOCAL_FORKSERVER=no``); a keyword wins. A system
+owns its :class:`Transport`: how its machines are reached.
 """
 
 from __future__ import annotations
@@ -11,25 +17,29 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
+from .._rpc import Transport
 from .._system import Instance, KeepaliveConfig, System
 from .local import LocalSystem
 
-__all__ = ["Instance", "KeepaliveConfig", "LocalSystem", "System", "lookup"]
+__all__ = ["Instance", "KeepaliveConfig", "LocalSystem", "System", "Transport", "lookup"]
+
+GROUP = "bigactor.systems"
 
 
 def lookup(name: str, **options: Any) -> System:
-    """Build the system called ``name`` with ``options``; ValueError naming the known ones."""
-    if name == "local":
-        return LocalSystem(**options)
-    if name == "test":
-        from ..testing import TestSystem
+    """Build the system registered as ``name`` (entry-point group ``bigactor.systems``) with
+    ``options``; ValueError naming the known systems if there is none.
 
-        return TestSystem(**options)
-    found = importlib.metadata.entry_points(group="bigactor.systems", name=name)
-    for ep in found:
+    Without package metadata (bigactor run from a source tree, not installed), ``local`` is
+    still found.
+    """
+    for ep in importlib.metadata.entry_points(group=GROUP, name=name):
         cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, System)):
+            raise TypeError(f"entry point {ep.name!r} of {GROUP} names {ep.value}, not a System subclass")
         system: System = cls(**options)
         return system
-    others = sorted(ep.name for ep in importlib.metadata.entry_points(group="bigactor.systems"))
-    known = ["local", "test", *others]
+    if name == "local":
+        return LocalSystem(**options)
+    known = sorted({"local", *(ep.name for ep in importlib.metadata.entry_points(group=GROUP))})
     raise ValueError(f"unknown bigactor system {name!r} (known: {', '.join(known)})")

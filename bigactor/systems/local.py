@@ -46,9 +46,9 @@ import attrs
 import psutil
 import trio
 
+from .._contract import WatchdogConfig, WorkerConfig
 from .._output import LineSplitter
 from .._system import Instance, KeepaliveConfig, System
-from ..supervisor import WatchdogConfig
 from . import _guardian, _oom
 
 log = logging.getLogger("bigactor.local")
@@ -463,16 +463,19 @@ class LocalSystem(System):
         log_level: the ``logging`` level configured in workers.
         forkserver: fork workers from a preloaded template (Linux); False starts each worker
             as a fresh interpreter.
+
+    Each option may also be set in the environment as ``BIGACTOR_LOCAL_<OPTION>``
+    (``BIGACTOR_LOCAL_FORKSERVER=no``, ``BIGACTOR_LOCAL_KEEPALIVE=timeout=30``); a keyword wins.
     """
 
     name = "local"
     keepalive: KeepaliveConfig = KeepaliveConfig(period=60.0, timeout=120.0, rpc_timeout=10.0)
-    watchdog: WatchdogConfig = WatchdogConfig()
+    watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
     python: str = sys.executable
     log_level: int = logging.WARNING
     boot_timeout: float = 60.0
     forkserver: bool = sys.platform == "linux"
-    key: bytes = b""
+    key: bytes = attrs.field(default=b"", init=False)
     _dir: str = ""
     _count: int = 0
     _nursery: trio.Nursery | None = None
@@ -549,18 +552,18 @@ class LocalSystem(System):
         if self._guardian is not None:
             self._guardian.watch(inst)
         self._nursery.start_soon(self._watch, inst, name=f"local worker {inst.pid}")
-        config = {
-            "key": self.key.hex(),
-            "addr": addr,
+        config = WorkerConfig(
+            key=self.key,
+            addr=addr,
             # Relative entries (the script's own directory may be "") resolve against the cwd.
-            "sys_path": [os.path.join(cwd, p) for p in sys.path],
-            "argv": list(sys.argv),
-            "watchdog": attrs.asdict(self.watchdog),
-            "log_level": self.log_level,
-        }
+            sys_path=[os.path.join(cwd, p) for p in sys.path],
+            argv=sys.argv,
+            watchdog=self.watchdog,
+            log_level=self.log_level,
+        )
         # A worker that died at once cannot read it; its exit, when seen, says how.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await inst._lifeline.send_all(json.dumps(config).encode() + b"\n")
+            await inst._lifeline.send_all(config.to_json() + b"\n")
         return inst
 
     async def _watch(self, inst: LocalInstance) -> None:

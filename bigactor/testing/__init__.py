@@ -2,6 +2,9 @@
 
 :class:`TestSystem` runs machines inside the test's process, still serialising every call and
 service, with configurable keepalives, ``kill(machine=None)`` and ``autojump_clock`` support.
+Its machines are reached through its own :class:`TestTransport` (``system.transport``), so test
+systems in one process stay apart. It is the system named ``test`` (``open_cluster("test")``,
+``BIGACTOR_SYSTEM=test``), registered as an entry point like any third-party system.
 
 With bigactor installed, pytest (with pytest-trio) gets two fixtures::
 
@@ -13,6 +16,6 @@ With bigactor installed, pytest (with pytest-trio) gets two fixtures::
         ...
 """
 
-from ._system import TestSystem, run_inline
+from ._system import TestSystem, TestTransport, run_inline
 
-__all__ = ["TestSystem", "run_inline"]
+__all__ = ["TestSystem", "TestTransport", "run_inline"]

@@ -1,10 +1,12 @@
 """The test system: machines inside the driver's own process, for fast deterministic tests.
 
-Each machine is a real supervisor serving real websocket connections over in-memory streams,
-so every call, reply and service is still serialised and authenticated; only the process and
-the socket are simulated. Everything runs on the test's Trio loop, so ``autojump_clock`` makes
-keepalive, retry and timeout logic run in virtual time. Sync actor methods run inline on the
-loop (not in a thread) for the same reason.
+Each machine is a real supervisor (``serve_worker``, as on every system) serving real websocket
+connections over in-memory streams, so every call, reply and service is still serialised and
+authenticated; only the process and the socket are simulated. The streams come from the
+system's own transport (:class:`TestTransport`, ``test:`` addresses): two test systems in one
+process never reach each other's machines. Everything runs on the test's Trio loop, so
+``autojump_clock`` makes keepalive, retry and timeout logic run in virtual time. Sync actor
+methods run inline on the loop (not in a thread) for the same reason.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from functools import partial
 from typing import Any
 
 import attrs
@@ -19,14 +22,12 @@ import trio
 import trio.testing
 
 from .. import _rpc
-from .._actor import cluster_var
-from .._cluster import Cluster
+from .._contract import WatchdogConfig, WorkerConfig
 from .._machine import Machine
 from .._system import Instance, KeepaliveConfig, System
-from ..supervisor import WatchdogConfig, Worker
+from ..supervisor import Worker, serve_worker
 
 _system_ids = itertools.count(1)
-_machines: dict[str, _TestMachine] = {}
 
 
 async def run_inline(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -69,14 +70,28 @@ class _TestMachine(Instance):
         self.scope.cancel()
 
 
-async def _open(addr: str) -> trio.abc.Stream:
-    m = _machines.get(addr)
-    if m is None:
-        raise OSError(f"connection refused: no test machine {addr}")
-    return await m.open()
+class TestTransport(_rpc.Transport):
+    """The test system's transport: ``test:`` addresses are its own machines, reached over
+    in-memory streams; ``unix:`` and ``tcp:`` as the plain transport.
 
+    Each :class:`TestSystem` owns one, and only its machines answer on it: a ``test:`` address
+    of another test system is refused like a machine that is gone.
+    """
 
-_rpc.register_scheme("test", _open)
+    __test__ = False  # not a pytest test class
+
+    schemes = ("test", *_rpc.Transport.schemes)
+
+    def __init__(self) -> None:
+        self.machines: dict[str, _TestMachine] = {}
+
+    async def open(self, addr: str) -> trio.abc.Stream:
+        if not addr.startswith("test:"):
+            return await super().open(addr)
+        m = self.machines.get(addr)
+        if m is None:
+            raise OSError(f"connection refused: no test machine {addr} on this test system")
+        return await m.open()
 
 
 @attrs.define(kw_only=True)
@@ -88,22 +103,28 @@ class TestSystem(System):
         watchdog: the machines' watchdog; an expired watchdog kills the machine.
         maxprocs: what ``machine.maxprocs`` reports (the CPUs ``cpus=`` places by).
         memory: what ``machine.memory`` reports, in bytes (None: unknown).
+
+    Each option may also be set in the environment as ``BIGACTOR_TEST_<OPTION>``
+    (``BIGACTOR_TEST_MAXPROCS=4``); a keyword wins. ``transport`` is the system's own
+    :class:`TestTransport`; ``exited`` says whether a machine ended itself (a clean shutdown or
+    an expired watchdog).
     """
 
     __test__ = False  # not a pytest test class
 
     name = "test"
     keepalive: KeepaliveConfig = KeepaliveConfig(period=60.0, timeout=120.0, rpc_timeout=10.0)
-    watchdog: WatchdogConfig = WatchdogConfig()
+    watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
     maxprocs: int = 1
     memory: int | None = None
     boot_timeout: float = 60.0
-    key: bytes = b""
-    _id: int = attrs.field(factory=lambda: next(_system_ids))
-    _count: int = 0
-    _nursery: trio.Nursery | None = None
-    _all: list[_TestMachine] = attrs.field(factory=list)
-    exited: bool = False
+    key: bytes = attrs.field(default=b"", init=False)
+    transport: TestTransport = attrs.field(factory=TestTransport, init=False)
+    exited: bool = attrs.field(default=False, init=False)
+    _id: int = attrs.field(factory=lambda: next(_system_ids), init=False)
+    _count: int = attrs.field(default=0, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _all: list[_TestMachine] = attrs.field(factory=list, init=False)
 
     async def setup(self, nursery: trio.Nursery, key: bytes) -> None:
         self.key = key
@@ -120,35 +141,33 @@ class TestSystem(System):
             m = _TestMachine(f"test:{self._id}-{self._count}", env)
             m.maxprocs = self.maxprocs
             m.memory = self.memory
-            _machines[m.addr] = m
+            self.transport.machines[m.addr] = m
             self._all.append(m)
             await self._nursery.start(self._serve, m)
             out.append(m)
         return out
 
     async def _serve(self, m: _TestMachine, *, task_status: trio.TaskStatus[None]) -> None:
+        def exit(code: int) -> None:
+            self.exited = True
+            m.kill()
+
+        config = WorkerConfig(key=self.key, addr=m.addr, watchdog=self.watchdog)
         try:
             with m.scope:
                 async with trio.open_nursery() as nursery:
-                    driver = _rpc.Link()
-                    cluster = Cluster(nursery, self.key, driver=driver)
-                    cluster_var.set(cluster)
-
-                    def exit(code: int) -> None:
-                        self.exited = True
-                        m.kill()
-
-                    m.worker = Worker(
-                        m.addr,
-                        self.key,
-                        nursery,
-                        exit=exit,
-                        run_sync=run_inline,
-                        watchdog=self.watchdog,
-                        cluster=cluster,
-                        announce=lambda message: None,
-                        driver=driver,
+                    m.worker = await nursery.start(
+                        partial(
+                            serve_worker,
+                            config,
+                            m.listener,
+                            transport=self.transport,
+                            exit=exit,
+                            run_sync=run_inline,
+                            announce=lambda message: None,
+                        )
                     )
+                    # Nothing has dialed the machine yet: its first keepalive sees the hook.
                     supervisor = m.worker.table.actors["Supervisor"].instance
                     keepalive = supervisor.keepalive
 
@@ -158,11 +177,10 @@ class TestSystem(System):
                         return await keepalive(next)
 
                     supervisor.keepalive = maybe_hung_keepalive
-                    await nursery.start(m.worker.serve, m.listener)
                     task_status.started()
         finally:
             m.alive = False
-            _machines.pop(m.addr, None)
+            self.transport.machines.pop(m.addr, None)
 
     # -- test hooks ---------------------------------------------------------------------------
 

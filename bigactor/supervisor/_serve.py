@@ -1,0 +1,66 @@
+"""``serve_worker``: one machine's body, the same on every system.
+
+A system gets a worker going its own way (a process forked on this host, an instance booting in
+a cloud, a task in the test's own loop) and hands it a :class:`~bigactor._contract.WorkerConfig`
+and a listener; from there every machine is this function: the way back to the driver, the
+worker-side cluster (what ``ctx.cluster`` and ``current_cluster()`` give an actor), the
+``Supervisor`` service and its watchdog, serving the listener through the system's transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .. import _rpc
+from .._actor import cluster_var
+from .._cluster import Cluster
+from .._contract import WorkerConfig
+from ._supervisor import Worker
+
+
+async def serve_worker(
+    config: WorkerConfig,
+    listener: trio.abc.Listener[Any],
+    *,
+    transport: _rpc.Transport,
+    exit: Callable[[int], None],
+    run_sync: _rpc.RunSync = _rpc.run_in_thread,
+    announce: Callable[[str], None] | None = None,
+    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve a machine on ``listener`` until cancelled (never returns on its own).
+
+    Builds the worker's way back to its driver (``_rpc.Link``), its cluster (set as
+    ``cluster_var`` in this task, so actors' ``current_cluster()`` finds it; it dials other
+    machines through ``transport``), and the :class:`Worker` with its ``Supervisor`` service
+    and watchdog, then accepts connections on ``listener`` through ``transport``, each
+    authenticated with ``config.key``. ``task_status.started(worker)`` once it accepts.
+
+    The worker ends itself through ``exit(code)`` (a clean shutdown, an expired watchdog);
+    ``announce(message)`` prints its last line (by default, to stdout after flushing stderr).
+    Sync methods run through ``run_sync``. ``config.sys_path``, ``argv`` and ``log_level``
+    concern the process and are the caller's to apply before the loop starts (see
+    ``python -m bigactor.supervisor``). Cancelling it stops serving and closes every
+    connection and actor of the machine.
+    """
+    async with trio.open_nursery() as nursery:
+        driver = _rpc.Link()
+        cluster = Cluster(nursery, config.key, driver=driver, transport=transport)
+        cluster_var.set(cluster)
+        worker = Worker(
+            config.addr,
+            config.key,
+            nursery,
+            exit=exit,
+            run_sync=run_sync,
+            watchdog=config.watchdog,
+            cluster=cluster,
+            announce=announce,
+            driver=driver,
+            transport=transport,
+        )
+        await nursery.start(worker.serve, listener)
+        task_status.started(worker)
