@@ -14,6 +14,7 @@ from ._floors import with_mux
 from ._memory import echo_peaks, idle_workers, status, summarize_peaks
 from ._spawn_floors import connect_back, fork_back, kill_to_eof, spawn_pass
 from ._stats import median, summarize_latency_runs, summarize_values
+from ._tls import tls_over_tcp
 from ._value_sections import codec, payload_echo
 from ._workloads import echo_rate, make_payload, pipelined, sequential
 
@@ -250,4 +251,5 @@ SECTIONS = {
     "kill": kill,
     "codec": codec,
     "payload_echo": payload_echo,
+    "tls": tls_over_tcp,
 }

@@ -2,9 +2,15 @@
 
 bigactor owns both ends of every connection, so it needs little of websocket's generality and
 all of its speed: one parse loop over a reusable buffer, one ``send_all`` per message, and large
-messages received straight into their own buffer (``recv_into`` on sockets) with no
-reassembly. trio-websocket costs ~270 Python calls per message and copies large messages
-several times (measured on the project's 2-core VM; benchmarks/README.md has the figures).
+messages received straight into their own buffer with no reassembly. trio-websocket costs ~270
+Python calls per message and copies large messages several times (measured on the project's
+2-core VM; benchmarks/README.md has the figures).
+
+Two fast paths skip trio's stream calls when the stream offers them (see :func:`_fast_paths`):
+``try_send(data) -> int``, which writes a small message at once without yielding, and
+``recv_into(view)``, which receives a large message in place. A ``trio.SocketStream`` gets thin
+adapters over its socket; ``_tls.TLSStream`` has its own, which encrypt (writing to the socket
+directly would put plaintext on a TLS connection); any other stream takes the plain path.
 
 Deviation from RFC 6455, on purpose: a client masks its frames with the all-zero masking key.
 Masking exists so that browser script cannot make a websocket emit bytes of its choosing
@@ -30,7 +36,7 @@ import os
 import platform
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import trio
@@ -56,6 +62,8 @@ MAX_LENGTH = (1 << 63) - 1  # RFC 6455 §5.2: the top bit of a 64-bit length mus
 _CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 Piece = bytes | bytearray | memoryview
+TrySend = Callable[[bytes], int]
+RecvInto = Callable[[memoryview], Awaitable[int]]
 
 
 class HandshakeFailed(ProtocolError):
@@ -195,6 +203,32 @@ def _bytes_allocator() -> Any:
 _bytes_from_size = _bytes_allocator()
 
 
+def _fast_paths(stream: trio.abc.Stream) -> tuple[int, TrySend | None, RecvInto | None]:
+    """How the websocket may write and receive around trio: (descriptor, try_send, recv_into).
+
+    A stream may offer ``try_send(data) -> int`` and ``recv_into(view)`` (``_tls.TLSStream``
+    does). Its ``try_send`` returns how many bytes it took, and the rest must be the next bytes
+    sent, even when it took none (a TLS stream may hold part of a write it could not finish).
+    A ``trio.SocketStream`` has neither: the websocket writes its descriptor itself with
+    ``os.write``, exactly as fast as before streams could offer their own, and there a refusal
+    means nothing was written, so the message may stay in the connection's outbox (where it is
+    known never to have left); large messages use the socket's ``recv_into``.
+    """
+    try_send = getattr(stream, "try_send", None)
+    recv_into = getattr(stream, "recv_into", None)
+    if try_send is not None or recv_into is not None:
+        return -1, try_send, recv_into
+    sock = getattr(stream, "socket", None)  # a trio.SocketStream
+    if sock is None:
+        return -1, None, None
+    # Bigger kernel buffers: a 64 MiB message moves in a few dozen wakeups, not hundreds (the
+    # kernel caps the request at net.core.wmem_max/rmem_max).
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    return sock.fileno(), None, sock.recv_into
+
+
 class WebSocket:
     """One open websocket: send and receive whole binary messages.
 
@@ -204,15 +238,7 @@ class WebSocket:
 
     def __init__(self, stream: trio.abc.Stream, *, client: bool, data: bytes = b"") -> None:
         self._stream = stream
-        sock = getattr(stream, "socket", None)
-        self._recv_into = getattr(sock, "recv_into", None)
-        self._fd: int = sock.fileno() if sock is not None else -1
-        if sock is not None:
-            # Bigger kernel buffers: a 64 MiB message moves in a few dozen wakeups, not hundreds
-            # (the kernel caps the request at net.core.wmem_max/rmem_max).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        self._fd, self._try_send, self._recv_into = _fast_paths(stream)
         self._backlog = b""  # the unsent end of a message try_send began
         self._client = client
         self._buf = bytearray(data)
@@ -243,21 +269,26 @@ class WebSocket:
     def try_send(self, pieces: Sequence[Piece]) -> bool:
         """Write a small message now, without blocking or yielding to the scheduler.
 
-        Returns False (nothing written) when that is not possible: no socket underneath, a
+        Returns False (nothing written) when that is not possible: no fast path underneath, a
         send in progress, or a full socket buffer. A partly written message leaves its end in
-        the backlog, which the next :meth:`send_message` or :meth:`flush` sends first. This
-        saves a task switch and a scheduler pass per message, most of a small call's cost.
+        the backlog, which the next :meth:`send_message` or :meth:`flush` sends first; so does
+        one a stream took none of but must be sent next (see :func:`_fast_paths`). This saves a
+        task switch and a scheduler pass per message, most of a small call's cost.
         """
-        if self._fd < 0 or self._backlog or self._send_lock.locked():
+        fd, try_send = self._fd, self._try_send
+        if (fd < 0 and try_send is None) or self._backlog or self._send_lock.locked():
             return False
         n = sum(len(p) for p in pieces)
         if n > SMALL_SEND:
             return False
         data = self._header(OP_BINARY, n) + b"".join(pieces)
-        try:
-            sent = os.write(self._fd, data)
-        except OSError:
-            return False  # would block, or broken: the async path waits or reports it
+        if try_send is None:  # a socket
+            try:
+                sent = os.write(fd, data)
+            except OSError:
+                return False  # would block, or broken: the async path waits or reports it
+        else:
+            sent = try_send(data)
         if sent < len(data):
             self._backlog = data[sent:]
         return True
