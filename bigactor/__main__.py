@@ -3,6 +3,7 @@
     bigactor status URL                          the cluster's machines as a table
     bigactor profile URL --seconds N -o FILE     a merged CPU profile (pstats; or --format)
     bigactor stacks URL                          every machine's threads and Trio tasks
+    bigactor ec2 ls|cleanup|types                the EC2 system's instances and types
 
 URL is a cluster's debug address with its token, as ``cluster.debug_url`` gives it (e.g.
 http://127.0.0.1:8080/debug/bigactor/?token=...). Given a URL without one, the token comes
@@ -107,7 +108,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("url")
     for p in sub.choices.values():
         p.add_argument("--token", help=f"the server's token, if URL has none (default: ${TOKEN_ENV})")
+    from .systems.ec2 import _cli as ec2_cli  # imports no boto3 until a command needs it
+
+    ec2_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "ec2":
+        raise SystemExit(ec2_cli.run(args))
     base, token = _split_token(args.url)
     token = args.token or token or os.environ.get(TOKEN_ENV) or None
 
