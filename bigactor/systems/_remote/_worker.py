@@ -1,0 +1,99 @@
+"""The handoff: where the boot agent becomes a bigactor worker, in the same process.
+
+The agent (``_agent``) runs before bigactor is importable. Once enrolled, with the bundle in
+its cache and the configuration received, it puts the bundle on ``sys.path``, imports this
+module from it and calls :func:`run` with a :class:`Handoff`: its listening socket (the very one
+the driver enrolled it on, so the address never changes and no port is ever free for someone
+else to take), its key and CA-signed certificate, the CA certificate and the configuration.
+From there the machine is ``bigactor.supervisor.serve_worker`` over mutual TLS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+import attrs
+import trio
+
+from ..._contract import WorkerConfig
+
+
+@attrs.frozen(kw_only=True)
+class Handoff:
+    """What the agent hands to the worker.
+
+    Attributes:
+        listen_fd: the listening TCP socket the agent was enrolled on (the worker owns it now).
+        key_pem: the worker's private key (made on this host; it never left it).
+        cert_pem: the worker's certificate, issued by the cluster CA at enrollment.
+        ca_pem: the cluster CA's certificate: the only issuer trusted, both ways.
+        config: the worker's configuration; its ``sys_path`` entries are relative to ``bundle``.
+        bundle: where the code bundle is extracted.
+        boot_log: the boot log file.
+    """
+
+    listen_fd: int
+    key_pem: bytes = attrs.field(repr=False)
+    cert_pem: bytes
+    ca_pem: bytes
+    config: WorkerConfig = attrs.field(repr=False)
+    bundle: str
+    boot_log: str
+
+    @classmethod
+    def from_agent(cls, fields: dict[str, Any]) -> Handoff:
+        """The handoff from the agent's plain values (it cannot import this class early)."""
+        return cls(
+            listen_fd=int(fields["listen_fd"]),
+            key_pem=fields["key_pem"].encode(),
+            cert_pem=fields["cert_pem"].encode(),
+            ca_pem=fields["ca_pem"].encode(),
+            config=WorkerConfig.from_json(fields["config"]),
+            bundle=str(fields["bundle"]),
+            boot_log=str(fields["boot_log"]),
+        )
+
+
+def worker_sys_path(config: WorkerConfig, bundle: str, own: list[str]) -> list[str]:
+    """The worker's ``sys.path``: the driver's roots inside the bundle, then this interpreter's
+    own entries (its standard library and the venv's site-packages) that are not in the bundle."""
+    roots = [p if os.path.isabs(p) else os.path.join(bundle, p) for p in config.sys_path]
+    inside = os.path.join(os.path.abspath(bundle), "")
+    rest = [p for p in own if p and not os.path.abspath(p).startswith(inside) and p not in roots]
+    return roots + rest
+
+
+def _exit(code: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+async def serve(handoff: Handoff) -> None:
+    """Serve the machine on the handed-over socket until it exits (never returns on its own)."""
+    from ..._pki import Identity
+    from ..._rpc._tls import TLSTransport
+    from ...supervisor._serve import serve_worker
+
+    identity = Identity(cert_pem=handoff.cert_pem, key_pem=handoff.key_pem)
+    # Any: TLSTransport is to become an _rpc.Transport; until then it is one by its methods.
+    transport: Any = TLSTransport(identity, handoff.ca_pem)
+    sock = socket.socket(fileno=handoff.listen_fd)
+    sock.setblocking(False)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    await serve_worker(handoff.config, listener, transport=transport, exit=_exit)
+
+
+def run(handoff: Handoff) -> None:
+    """Become the worker: apply the configuration to this process and serve until it exits."""
+    config = handoff.config
+    sys.path[:] = worker_sys_path(config, handoff.bundle, sys.path)
+    sys.argv[:] = list(config.argv) or [""]
+    logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
+    trio.run(serve, handoff)
