@@ -108,7 +108,7 @@ from ._errors import (
     TransportError,
 )
 from ._gather import ActorPool, as_completed, gather
-from ._machine import Machine, RemoteStream, State
+from ._machine import Machine, Notice, RemoteStream, State
 from ._open import open_cluster
 from ._options import Restart, SpawnOptions
 from ._rpc import MethodCancelled, Transport, cancelled, idempotent
@@ -138,6 +138,7 @@ __all__ = [
     "MachineStartError",
     "MemInfo",
     "MethodCancelled",
+    "Notice",
     "ProtocolError",
     "RemoteError",
     "RemoteStream",

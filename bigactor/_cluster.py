@@ -7,9 +7,11 @@ an actor call through.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -17,7 +19,7 @@ import trio
 from . import _codec, _rpc, _status
 from ._actor import ActorHandle, Environ, Services, cluster_var
 from ._errors import BigActorError, ClusterClosed, MachineLost, ServiceNotFound
-from ._machine import SHUTDOWN_GRACE, Machine, State
+from ._machine import SHUTDOWN_GRACE, Machine, Notice, State
 from ._options import SpawnOptions
 from ._rpc import run_in_thread
 from ._supervision import ActorRecord, Life
@@ -82,6 +84,13 @@ class Cluster:
         self._stopped: deque[Machine] = deque(maxlen=STOPPED_KEPT)
         #: where the debug pages are served (``open_cluster(debug_address=...)``), or None
         self.debug_url: str | None = None
+        #: called with the machine and its notice each time a machine this cluster started gives
+        #: notice that it will go away soon (``open_cluster(on_draining=...)``); see
+        #: :meth:`_noticed`
+        self.on_draining: Callable[[Machine, Notice], Awaitable[None] | None] | None = None
+        # What the machines that stopped cost (they leave _stopped after a while): dollars, and
+        # how many had a price and how many had none.
+        self._cost_stopped = (0.0, 0, 0)
 
     @property
     def system(self) -> System | None:
@@ -100,6 +109,13 @@ class Cluster:
         if self._machines.get(machine.addr) is machine:
             del self._machines[machine.addr]
             self._stopped.append(machine)
+            if machine.owned:
+                dollars, priced, unpriced = self._cost_stopped
+                cost = machine.cost()
+                if cost is None:
+                    self._cost_stopped = (dollars, priced, unpriced + 1)
+                else:
+                    self._cost_stopped = (dollars + cost, priced + 1, unpriced)
         self._spawned.discard(machine.addr)
         self._dedicated.discard(machine.addr)
         self._machine_stopped(machine)
@@ -156,6 +172,7 @@ class Cluster:
                 services=blobs,
                 boot_timeout=self._system.boot_timeout,
                 on_stop=self._forget,
+                on_notice=self._noticed,
                 names=lambda: self._names,
                 serve=self._serve,
             )
@@ -168,6 +185,31 @@ class Cluster:
             self._nursery.start_soon(m._run, name=f"machine {m.addr}")
             machines.append(m)
         return machines
+
+    def _noticed(self, machine: Machine, notice: Notice) -> None:
+        """Run ``on_draining`` for ``notice``: a coroutine function as a task of the cluster's
+        nursery (it outlives the machine), anything else at once. What it raises ends the
+        cluster, as an error of any of the cluster's tasks does."""
+        callback = self.on_draining
+        if callback is None:
+            return
+        if inspect.iscoroutinefunction(callback):
+            self._nursery.start_soon(callback, machine, notice, name=f"on_draining {machine.addr}")
+        else:
+            callback(machine, notice)
+
+    def cost(self) -> _status.Cost:
+        """What the machines this cluster started cost so far (see :class:`~bigactor._status.Cost`):
+        each one's price times the hours from its start to its stop, or to now."""
+        dollars, priced, unpriced = self._cost_stopped
+        for m in self._machines.values():
+            if m.owned:
+                cost = m.cost()
+                if cost is None:
+                    unpriced += 1
+                else:
+                    dollars, priced = dollars + cost, priced + 1
+        return _status.Cost(dollars, priced, unpriced)
 
     def options(self, **options: Any) -> Spawner:
         """Spawn options, apart from the constructor's arguments (as Ray's ``.options()``)::

@@ -4,12 +4,16 @@
 default:
 
 * ``/debug/bigactor/status`` (also ``/debug/bigactor/``): every machine as an HTML table that
-  refreshes itself; the same as JSON with ``?format=json``.
+  refreshes itself, with what its system says of it (instance id, type, market, zone, price)
+  and the cluster's cost so far; the same as JSON with ``?format=json`` (a list of machines),
+  as a plain text table with ``?format=text``.
 * ``/debug/bigactor/profile?seconds=N[&machine=ADDR][&format=pstats|collapsed|text]``: a CPU
   profile taken on all running machines at once and merged: a pstats file (the default; open
   it with ``pstats`` or snakeviz), collapsed stacks for flame graphs (flamegraph.pl,
   speedscope), or the top functions as text. An unknown ``machine`` is a 404, never a dial.
 * ``/debug/bigactor/stacks``: every machine's threads and Trio task tree, as text.
+* ``/debug/bigactor/cost``: what the cluster's machines cost so far, as JSON (see
+  ``_status.Cost``).
 * ``/debug/bigactor/vars``: per-method counters on both sides of every call, as JSON;
   ``/debug/bigactor/metrics``: the same in Prometheus text exposition.
 
@@ -57,6 +61,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
+import attrs
 import h11
 import trio
 
@@ -154,8 +159,58 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def status_html(machines: list[dict[str, Any]], refresh: int = 5, token: str | None = None) -> str:
-    """The status page for the entries of ``Cluster.status()``; its links carry ``token``."""
+def _price(per_hour: float | None) -> str:
+    return "price unknown" if per_hour is None else f"${per_hour:.4f}/h"
+
+
+def _machine_lines(m: dict[str, Any]) -> list[str]:
+    """What the driver knows of a machine beyond its address: its system's details, its price
+    and cost, its notices."""
+    lines = [f"{k}: {v}" for k, v in m.get("details", {}).items()]
+    if m.get("price_per_hour") is not None:
+        lines.append(f"{_price(m['price_per_hour'])}, ${m['cost']:.4f} so far")
+    if m.get("draining"):
+        lines += [f"DRAINING: {n}" for n in m.get("notices", [])]
+    return lines
+
+
+def status_text(machines: list[dict[str, Any]], cost: str | None = None) -> str:
+    """The entries of ``Cluster.status()`` as a plain text table, each machine's details below
+    it, and the cluster's ``cost`` last."""
+    header: tuple[str, ...] = ("MACHINE", "STATE", "UPTIME", "MEM", "LOAD", "CALLS", "ERROR")
+    rows: list[tuple[tuple[str, ...], list[str]]] = []
+    for m in machines:
+        served = [c for k, c in m.get("server", {}).items() if not k.startswith("Supervisor.")]
+        mem, load = m.get("memory"), m.get("load")
+        row: tuple[str, ...] = (
+            m["addr"],
+            m["state"] + (" draining" if m.get("draining") else ""),
+            _duration(m["uptime"]) if "uptime" in m else "-",
+            f"{mem['percent']:.0f}%" if mem else "-",
+            f"{load['load1']:.2f}" if load else "-",
+            str(sum(c["count"] for c in served)),
+            (m["error"] or m.get("status_error") or "")[:200],
+        )
+        rows.append((row, _machine_lines(m)))
+    widths = [max([len(header[i])] + [len(r[i]) for r, _ in rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() + "\n"
+
+    out = [line(header)]
+    for cells, more in rows:
+        out.append(line(cells))
+        out.extend(f"    {text}\n" for text in more)
+    if cost is not None:
+        out.append(f"cost so far: {cost}\n")
+    return "".join(out)
+
+
+def status_html(
+    machines: list[dict[str, Any]], refresh: int = 5, token: str | None = None, cost: str | None = None
+) -> str:
+    """The status page for the entries of ``Cluster.status()``; its links carry ``token``;
+    ``cost`` is the cluster's cost so far (``str(cluster.cost())``)."""
     tok = html.escape(f"token={quote(token, safe='')}") if token is not None else ""
     amp = "&amp;" if tok else ""
     ask = "?" if tok else ""
@@ -179,9 +234,10 @@ def status_html(machines: list[dict[str, Any]], refresh: int = 5, token: str | N
         )
         disk_cell = f"{_size(disk['used'])} / {_size(disk['total'])} ({disk['percent']}%)" if disk else ""
         load_cell = f"{load['load1']:.2f} {load['load5']:.2f} {load['load15']:.2f}" if load else ""
+        about = "".join(f"<br><small>{e(text)}</small>" for text in _machine_lines(m))
         rows.append(
             "<tr>"
-            f"<td>{e(m['addr'])}</td><td class='{e(m['state'])}'>{e(m['state'])}</td>"
+            f"<td>{e(m['addr'])}{about}</td><td class='{e(m['state'])}'>{e(m['state'])}</td>"
             f"<td>{_duration(m['uptime']) if 'uptime' in m else ''}</td>"
             f"<td>{'in ' + _duration(nxt - now) if nxt else ''}<br>"
             f"{', '.join(str(t) for t in m['keepalive_reply_ms'][:5])} ms</td>"
@@ -201,6 +257,7 @@ td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; font-si
 th {{ background: #eee; }} .RUNNING {{ color: green; }} .STOPPED {{ color: #b00; }}
 </style></head><body>
 <h1>bigactor: {len(machines)} machines</h1>
+{f"<p>Cost so far: {html.escape(cost)}</p>" if cost is not None else ""}
 <p>Refreshes every {refresh} s. <a href="status?format=json{amp}{tok}">JSON</a> ·
 <a href="stacks{ask}{tok}">stacks</a> · <a href="vars{ask}{tok}">vars</a> ·
 <a href="metrics{ask}{tok}">metrics</a> ·
@@ -227,12 +284,17 @@ def prometheus_text(machines: list[dict[str, Any]]) -> str:
         "bigactor_call_request_bytes_total": [],
         "bigactor_call_reply_bytes_total": [],
         "bigactor_output_dropped_lines_total": [],
+        "bigactor_machine_price_dollars_per_hour": [],
+        "bigactor_machine_cost_dollars": [],
     }
     for m in machines:
         machine = f'machine="{_label(m["addr"])}"'
         series["bigactor_machine_up"].append(f"{{{machine}}} {int(m['state'] == 'RUNNING')}")
         if "memory" in m:
             series["bigactor_machine_rss_bytes"].append(f"{{{machine}}} {m['memory']['rss']}")
+        if m.get("price_per_hour") is not None:
+            series["bigactor_machine_price_dollars_per_hour"].append(f"{{{machine}}} {m['price_per_hour']}")
+            series["bigactor_machine_cost_dollars"].append(f"{{{machine}}} {m['cost']:.6f}")
         series["bigactor_output_dropped_lines_total"].append(
             f"{{{machine}}} {m.get('output_dropped_lines', 0)}"
         )
@@ -444,9 +506,13 @@ class _Server:
             machines = await self.cluster.status()
             if page == "status.json" or arg.get("format") == "json":
                 return _json(machines)
+            cost = str(self.cluster.cost())
+            if arg.get("format") == "text":
+                return _text(200, status_text(machines, cost))
             # The page's links carry the token it was opened with (none when it came in a header).
             token = self.token if "token" in arg else None
-            return 200, "text/html; charset=utf-8", status_html(machines, token=token).encode(), []
+            page_html = status_html(machines, token=token, cost=cost)
+            return 200, "text/html; charset=utf-8", page_html.encode(), []
         if page == "vars":
             machines = await self.cluster.status()
             return _json(
@@ -458,6 +524,9 @@ class _Server:
                     },
                 }
             )
+        if page == "cost":
+            total = self.cluster.cost()
+            return _json({**attrs.asdict(total), "known": total.known, "text": str(total)})
         if page == "metrics":
             text = prometheus_text(await self.cluster.status())
             return 200, "text/plain; version=0.0.4; charset=utf-8", text.encode(), []
@@ -466,7 +535,7 @@ class _Server:
             return _text(200, "".join(f"== {addr}\n{text}\n" for addr, text in sorted(stacks.items())))
         if page == "profile":
             return await self._profile(arg)
-        return _text(404, f"no page {page!r}: try status, profile, stacks, vars or metrics\n")
+        return _text(404, f"no page {page!r}: try status, profile, stacks, vars, cost or metrics\n")
 
     async def _profile(self, arg: dict[str, str]) -> Reply:
         try:

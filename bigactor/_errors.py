@@ -14,17 +14,22 @@
     ├── ProtocolError                a peer sent bytes that break the wire protocol
     │   ├── AuthError                the peer failed the handshake (wrong key, relayed)
     │   ├── VersionMismatch          driver and worker run different versions
-    │   └── HandshakeFailed          the peer did not speak the websocket upgrade
+    │   ├── HandshakeFailed          the peer did not speak the websocket upgrade
+    │   └── TLSError                 the TLS handshake failed (the peer is not TLS or not
+    │                                certified by the cluster CA)
     ├── ClusterClosed(trio.ClosedResourceError)
+    ├── EC2Error(operation, code)    an EC2 operation failed (the EC2 system's own error)
     └── BigActorInternalError        should never happen; please report
 
 The wire's own classes (``AuthError``, ``VersionMismatch`` in ``_rpc._auth``, ``HandshakeFailed``
-in ``_rpc._websocket``) reach users only inside the errors above: a failed handshake makes the
-machine fail to start or the call ``CallNotSent``. ``_rpc._websocket.WebSocketClosed`` (the
-connection ended) and ``Unallocatable`` (no memory for a message) never leave the wire: they
-become ``TransportError`` and ``CodecError``. ``MethodCancelled`` (in ``_rpc._threads``), a
-``BaseException`` like ``trio.Cancelled``, is raised inside a sync method whose caller gave up;
-the caller never sees it.
+in ``_rpc._websocket``, ``TLSError`` in ``_rpc._tls``) reach users only inside the errors above:
+a failed handshake makes the machine fail to start or the call ``CallNotSent``.
+``_rpc._websocket.WebSocketClosed`` (the connection ended) and ``Unallocatable`` (no memory for a
+message) never leave the wire: they become ``TransportError`` and ``CodecError``.
+``MethodCancelled`` (in ``_rpc._threads``), a ``BaseException`` like ``trio.Cancelled``, is
+raised inside a sync method whose caller gave up; the caller never sees it. A system's own
+errors (``EC2Error`` in ``systems.ec2._errors``: a launch, a tag or a termination that AWS
+refused) come from ``open_cluster`` and ``cluster.start``.
 
 Every class has a ``retriable`` flag: ``Machine.retry_call`` re-sends a call only when the
 error it got says so (bigmachine's severity) — only :class:`CallNotSent`, whose call never left

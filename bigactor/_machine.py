@@ -7,10 +7,22 @@ signal, a keepalive lapse with its timing, ``cancel()``, a failed boot or servic
 Fail fast: once a machine stops, every call pending on it raises :class:`MachineLost` at once,
 and so does every new call. An owned machine is kept alive by keepalives (period, timeout and
 per-attempt timeout from its system's :class:`KeepaliveConfig`); a dialed one is only pinged.
+
+Draining: a worker may give notice that its machine will go away soon (a spot instance being
+reclaimed: ``Worker.notice``). An owned machine subscribes to its worker's notices
+(``Supervisor.notices``, a stream the worker replays from where the driver left off, so a notice
+given while no connection was up is not lost); a notice makes the machine ``draining`` without
+changing its state, and the error of its later loss names the notice.
+
+Output: a machine's lines reach the driver's stderr prefixed ``addr: `` (see ``_output``), read
+either by its system (``Instance.tail``: a pipe on this host) or, for a machine on another host
+(``Instance.output_over_channel``), from its worker over the authenticated connection
+(``Supervisor.output``): the same lines, the same sync marker at a clean shutdown.
 """
 
 from __future__ import annotations
 
+import datetime
 import enum
 import logging
 import math
@@ -19,6 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import attrs
 import trio
 
 from . import _codec, _rpc
@@ -34,7 +47,7 @@ from ._errors import (
     TransportError,
 )
 from ._metrics import Registry, payload_size
-from ._output import Output
+from ._output import LineSplitter, Output
 from ._rpc import Kind
 from ._system import Instance, KeepaliveConfig
 
@@ -55,6 +68,26 @@ def backoff() -> Any:
     while True:
         yield wait
         wait = min(wait * 1.5, 5.0)
+
+
+@attrs.frozen
+class Notice:
+    """A worker's notice that its machine will go away soon (``Worker.notice``).
+
+    Attributes:
+        kind: what kind of notice (``"interruption"``: a spot instance being reclaimed).
+        message: what the worker said, e.g. ``"spot interruption: instance action terminate
+            at 12:02:05 UTC"``.
+        time: when the worker gave it (wall clock, ``time.time()`` on the worker).
+    """
+
+    kind: str
+    message: str
+    time: float
+
+    def __str__(self) -> str:
+        when = datetime.datetime.fromtimestamp(self.time, datetime.UTC).strftime("%H:%M:%S")
+        return f"{self.kind} notice at {when} UTC: {self.message}"
 
 
 class State(enum.IntEnum):
@@ -91,6 +124,7 @@ class Machine:
         services: dict[str, bytes] | None = None,
         boot_timeout: float = 60.0,
         on_stop: Callable[[Machine], None] | None = None,
+        on_notice: Callable[[Machine, Notice], None] | None = None,
         names: Callable[[], dict[str, Any]] | None = None,
         serve: tuple[_rpc.ActorTable, _rpc.RunSync] | None = None,
     ) -> None:
@@ -109,6 +143,7 @@ class Machine:
         self._services = services or {}
         self._boot_timeout = boot_timeout
         self._on_stop = on_stop
+        self._on_notice = on_notice
         self._names = names
         self._state = State.UNSTARTED
         self._events = {s: trio.Event() for s in State}
@@ -128,6 +163,15 @@ class Machine:
         self.output = Output(f"{addr}: ")
         #: caller-side counters of every method called on this machine
         self.metrics = Registry()
+        #: the notices the worker gave, oldest first (see the module docstring)
+        self.notices: list[Notice] = []
+        self._draining = trio.Event()
+        # Set once the machine has a connection (or stopped): where its output can be read.
+        self._connected = trio.Event()
+        # What the machine cost so far is its price times (trio's) time from here to its stop:
+        # a monotonic clock, so a wall clock set back never makes a cost negative.
+        self._born = trio.current_time()
+        self._died: float | None = None
 
     def __repr__(self) -> str:
         return f"<Machine {self.addr} {self._state}{' owned' if self.owned else ''}>"
@@ -143,6 +187,37 @@ class Machine:
     def error(self) -> MachineError | None:
         """The first error that stopped the machine (sticky), or None."""
         return self._error
+
+    @property
+    def draining(self) -> bool:
+        """Whether the worker gave notice that the machine will go away soon (see
+        :attr:`notices`). The state does not change: the machine serves until it is gone."""
+        return self._draining.is_set()
+
+    @property
+    def draining_event(self) -> trio.Event:
+        """Set at the machine's first notice: ``await m.draining_event.wait()``."""
+        return self._draining
+
+    @property
+    def details(self) -> dict[str, str]:
+        """What the machine's system says of it (instance id, type, market, zone, ...); empty
+        where it says nothing (the local and test systems) and for a dialed machine."""
+        return self._instance.details() if self._instance is not None else {}
+
+    @property
+    def price_per_hour(self) -> float | None:
+        """The machine's price in US dollars per hour, where its system says (else None)."""
+        return self._instance.price_per_hour if self._instance is not None else None
+
+    def cost(self) -> float | None:
+        """What the machine cost so far in US dollars: its price times the hours from when its
+        system handed it over to when it stopped (or now); None if the price is unknown."""
+        price = self.price_per_hour
+        if price is None:
+            return None
+        end = self._died if self._died is not None else trio.current_time()
+        return price * max(0.0, end - self._born) / 3600
 
     @property
     def keepalive_reply_times(self) -> list[float]:
@@ -204,14 +279,24 @@ class Machine:
                 event.set()
 
     def _fail(self, error: MachineError, level: int = logging.ERROR) -> None:
-        """Stop the machine with ``error`` unless it already stopped (the first error sticks)."""
+        """Stop the machine with ``error`` unless it already stopped (the first error sticks).
+
+        An error of a machine that had notice names the notice (a clean end, logged at DEBUG,
+        needs no explanation).
+        """
         if self._state == State.STOPPED:
             return
+        if self.notices and level > logging.DEBUG:
+            # In place (args too, so it pickles as it reads), keeping its cause.
+            error.message = f"{error.message} (after its {self.notices[-1]})"
+            error.args = (error.addr, error.message)
         self._error = error
+        self._died = trio.current_time()
         if isinstance(error, MachineStartError):
             self.output.show_held()
         log.log(level, "%s", error)
         self._set_state(State.STOPPED)
+        self._connected.set()
         if self._conn is not None:
             self._conn.abort(self._lost())
             # A stopped machine is kept a while for status(): not its connection's buffers.
@@ -265,6 +350,8 @@ class Machine:
         self._set_state(State.RUNNING)
         log.debug("%s: running after %.3f s", self.addr, trio.current_time() - started)
         if self.owned:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._watch_notices, name=f"notices {self.addr}")
             await self._keepalive_loop()
         else:
             await self._ping_loop()
@@ -304,14 +391,101 @@ class Machine:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.output.run)
             try:
-                await self._instance.tail(line)
+                if self._instance.output_over_channel:
+                    await self._read_output(line)
+                else:
+                    await self._instance.tail(line)
             finally:
                 self.output.close()
                 self._tail_done.set()
 
+    async def _read_output(self, line: Callable[[str], None]) -> None:
+        """Read the worker's output over the connection (``Supervisor.output``) until the sync
+        marker or the machine's stop, resubscribing after a broken connection.
+
+        The worker keeps what it captured (within its bound) until a subscriber takes it, so
+        subscribing only once connected loses nothing; what was in flight on a connection that
+        broke is lost with it. Once the marker is read the stream is closed: that is the
+        worker's sign that its last line arrived, and it exits.
+        """
+        lines = LineSplitter()
+        waits = backoff()
+        await self._connected.wait()
+        while not self._output_ended():
+            try:
+                conn = await self._connection(booting=True)
+                call_id = conn.open_stream(_codec.encode_call("Supervisor.output", (), {}))
+            except BigActorError:
+                if not self._output_ended():
+                    await trio.sleep(next(waits))
+                continue
+            try:
+                while not self._tail_done.is_set():
+                    kind, flags, data = await conn.next_item(call_id)
+                    if kind == Kind.STREAM_END:
+                        # A worker that does not capture its output (started without
+                        # ``capture_output``): there is nothing to wait for.
+                        log.warning("%s: the machine does not send its output over the connection",
+                                    self.addr)  # fmt: skip
+                        return
+                    if kind != Kind.STREAM_DATA:
+                        if not isinstance(data, BaseException):
+                            # The worker refused (one without the method): never ask again.
+                            log.warning("%s: cannot read the machine's output: %s",
+                                        self.addr, _rpc.decode_error(data, self.addr))  # fmt: skip
+                            return
+                        break  # the connection broke: read on from a new one
+                    waits = backoff()
+                    chunk = _codec.decode(data, flags, f"output of {self.addr}")
+                    for text in lines.feed(chunk):
+                        line(text)
+            finally:
+                conn.close_stream(call_id)
+            if not self._output_ended():
+                await trio.sleep(next(waits))
+        for text in lines.finish():
+            line(text)
+
+    def _output_ended(self) -> bool:
+        """Whether the worker's output is all read: its sync marker came, or it stopped."""
+        return self._tail_done.is_set() or self._state == State.STOPPED
+
+    async def _watch_notices(self) -> None:
+        """Take the worker's notices as they come (``Supervisor.notices``), resubscribing after
+        a broken connection from the first notice not yet seen; runs until the machine stops."""
+        waits = backoff()
+        while True:
+            try:
+                conn = await self._connection()
+                call_id = conn.open_stream(_codec.encode_call("Supervisor.notices", (len(self.notices),), {}))
+            except BigActorError:
+                await trio.sleep(next(waits))
+                continue
+            try:
+                while True:
+                    kind, flags, data = await conn.next_item(call_id)
+                    if kind != Kind.STREAM_DATA:
+                        break
+                    waits = backoff()
+                    t, what, message = _codec.decode(data, flags, f"a notice of {self.addr}")
+                    self._take_notice(Notice(str(what), str(message), float(t)))
+            finally:
+                conn.close_stream(call_id)
+            if kind == Kind.STREAM_END or (kind == Kind.ERROR and not isinstance(data, BaseException)):
+                return  # the worker has no notices to give, or refused: nothing to watch
+            await trio.sleep(next(waits))
+
+    def _take_notice(self, notice: Notice) -> None:
+        self.notices.append(notice)
+        log.warning("%s: %s", self.addr, notice)
+        self._draining.set()
+        if self._on_notice is not None:
+            self._on_notice(self, notice)
+
     async def _boot(self) -> None:
         conn = await self._connection(booting=True)
         del conn
+        self._connected.set()
         self.output.start_printing()  # what came before was the interpreter starting
         await self._raw_call("Supervisor.info")  # the first call: the worker answers
         for name, blob in self._services.items():
@@ -343,7 +517,7 @@ class Machine:
             t0 = trio.current_time()
             try:
                 with trio.fail_after(cfg.rpc_timeout):
-                    reply: KeepaliveReply = await self._raw_call("Supervisor.keepalive", KEEPALIVE_NEXT)
+                    reply: KeepaliveReply = await self._raw_call("Supervisor.keepalive", cfg.unattended)
             except (TransportError, trio.TooSlowError, RemoteError) as exc:
                 last: BaseException = exc
             else:

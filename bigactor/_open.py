@@ -13,7 +13,7 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from types import TracebackType
@@ -25,6 +25,7 @@ from ._actor import cluster_var
 from ._cluster import Cluster
 from ._debug import serve_debug
 from ._errors import full_tracebacks
+from ._machine import Machine, Notice
 from ._system import System
 from .systems import lookup
 
@@ -35,6 +36,7 @@ async def open_cluster(
     *,
     debug_address: str | tuple[str, int] | None = None,
     debug_token: str | None = None,
+    on_draining: Callable[[Machine, Notice], Awaitable[None] | None] | None = None,
     **options: Any,
 ) -> AsyncIterator[Cluster]:
     """Open a cluster on ``system`` and close it, with every machine it started, on exit.
@@ -45,6 +47,12 @@ async def open_cluster(
     ``debug_address`` (``"127.0.0.1:8080"``, or port 0 for any), the cluster also serves its
     debug pages there (see ``serve_debug``); ``cluster.debug_url`` says where, with the token
     they need: ``debug_token``, else ``BIGACTOR_DEBUG_TOKEN``, else a random one.
+
+    ``on_draining(machine, notice)`` is called each time one of the cluster's machines gives
+    notice that it will go away soon (a spot instance being reclaimed: ``machine.draining``
+    is then true, ``machine.notices`` lists what it said); it may be a coroutine function,
+    run as a task of the cluster (it outlives the machine). It is ``cluster.on_draining``, to
+    set or change later; what it raises ends the cluster like any error of its tasks.
 
     The cluster owns one nursery: every machine's lifecycle runs in it, and the body runs
     inside it. On exit (normal, error, cancellation or KeyboardInterrupt) every owned machine is
@@ -70,6 +78,7 @@ async def open_cluster(
         async with trio.open_nursery() as nursery:
             await system.setup(nursery, key)
             cluster = Cluster(nursery, key, system)
+            cluster.on_draining = on_draining
             if debug_address is not None:
                 host, port = (
                     debug_address.rpartition(":")[::2] if isinstance(debug_address, str) else debug_address

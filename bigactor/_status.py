@@ -4,6 +4,10 @@ Everything here asks running machines through their Supervisor, in parallel, eac
 bounded in time; a machine that cannot answer is reported with its error, never waited on.
 Only machines the cluster already knows are asked: an address it does not know is a
 ``LookupError``, never a new dial (bigmachine's profile handler dialed any address, §6.2).
+
+What the driver knows without asking is in every entry too: what the machine's system says of
+it (``details``: instance id, type, market, zone, ...), its price and what it cost so far; and
+:class:`Cost` adds the costs up for the whole cluster.
 """
 
 from __future__ import annotations
@@ -75,13 +79,45 @@ async def _one_status(m: Machine) -> dict[str, Any]:
     }
 
 
+@attrs.frozen
+class Cost:
+    """What a cluster's machines cost so far, in US dollars: each machine's price per hour
+    times the hours from its start to its stop (or to now).
+
+    Attributes:
+        dollars: the sum over the machines whose price is known.
+        priced: how many machines that sum covers.
+        unpriced: how many machines' systems gave no price: their part is unknown, not zero,
+            and ``dollars`` is then a lower bound.
+    """
+
+    dollars: float
+    priced: int
+    unpriced: int
+
+    @property
+    def known(self) -> bool:
+        """Whether every machine's price is known (``dollars`` is the whole cost)."""
+        return self.unpriced == 0
+
+    def __str__(self) -> str:
+        unknown = f"{self.unpriced} machine{'s' * (self.unpriced != 1)} of unknown price"
+        if not self.priced:
+            return f"unknown ({unknown})" if self.unpriced else "$0 (no machines)"
+        amount = f"${self.dollars:,.2f}" if self.dollars >= 1 else f"${self.dollars:.4f}"
+        text = f"{amount} for {self.priced} machine{'s' * (self.priced != 1)}"
+        return f"{text}, plus {unknown}" if self.unpriced else text
+
+
 async def status(machines: Sequence[Machine]) -> list[dict[str, Any]]:
     """Status of every machine, sorted by address (plain data, ready for JSON).
 
     Each entry has the address, state, error, owner and keepalive figures the driver knows,
     the driver's own per-method counters for calls to it (``client``) and the machine's output
     lines the driver dropped (``output_dropped_lines``/``_bytes``: a full queue, or a stderr
-    that could not be written); for a running machine,
+    that could not be written), what its system says of it (``details``, a dict of strings),
+    its ``price_per_hour`` and ``cost`` so far in US dollars (None where unknown), and whether
+    it gave notice that it will go away (``draining``, ``notices``); for a running machine,
     what it reports: uptime (the machine's own, not the driver's), memory, disk, load, hosted
     actors, per-method counters of calls it served (``server``) and of calls it made to other
     machines (``peer_calls``).
@@ -101,6 +137,11 @@ async def status(machines: Sequence[Machine]) -> list[dict[str, Any]]:
             "client": m.metrics.snapshot(),
             "output_dropped_lines": m.output.dropped_lines,
             "output_dropped_bytes": m.output.dropped_bytes,
+            "details": m.details,
+            "price_per_hour": m.price_per_hour,
+            "cost": m.cost(),
+            "draining": m.draining,
+            "notices": [str(n) for n in m.notices],
         }
         if m.addr in answers:
             entry.update(answers[m.addr])

@@ -39,6 +39,10 @@ class KeepaliveConfig:
     period: float = 60.0
     timeout: float = 120.0
     rpc_timeout: float = 10.0
+    #: how long each keepalive asks the worker to live without the next one (bigmachine asks
+    #: 5 min): how long a worker outlives a driver that died. A system whose machines cost
+    #: while they run (EC2) keeps it within ``timeout``.
+    unattended: float = 300.0
 
 
 class Instance(abc.ABC):
@@ -52,6 +56,18 @@ class Instance(abc.ABC):
     #: whether ``wait_exit`` reports the machine's end (then a broken connection waits briefly
     #: for that report before it is called a transport error)
     observes_exit: bool = False
+    #: what the machine costs, in US dollars per hour, where the system can say (None:
+    #: unknown); the cluster's cost is the sum of price x hours each machine ran
+    price_per_hour: float | None = None
+    #: whether the machine's output comes over its authenticated connection (the worker captures
+    #: its own stdout and stderr, see ``Supervisor.output``) rather than through ``tail``: for
+    #: machines whose process the driver cannot see (another host)
+    output_over_channel: bool = False
+
+    def details(self) -> dict[str, str]:
+        """What the system knows of the machine, for status and debug pages (instance id, type,
+        market, zone, ...): short labels to short texts, in the order to show; empty by default."""
+        return {}
 
     def ended(self) -> bool:
         """Whether the machine's process is known to have ended already (without waiting)."""

@@ -31,8 +31,9 @@ driver's user can enter; between hosts, mutual TLS).
 Only plain bytes and JSON are parsed here, and the JSON only after the server proved it holds
 the key. The caller decodes frames only after :func:`client_handshake` /
 :func:`server_handshake` returned. Versions of Python, bigactor and the pickler (cloudpickle,
-whose by-value pickles name its own helpers) are compared by the client: a mismatch fails the
-machine, naming both sides.
+whose by-value pickles name its own helpers) are compared by the client, Python's by its
+major.minor release only (3.11.2 and 3.11.7 run the same bytecode and pickles): a mismatch fails
+the machine, naming both sides' full versions.
 """
 
 from __future__ import annotations
@@ -173,10 +174,27 @@ async def server_handshake(channel: MessageChannel, key: bytes, addr: str) -> No
     await channel.send_message(b"OK")
 
 
+def _minor(version: Any) -> Any:
+    """``3.11`` of ``3.11.7``: what must match of Python's version (anything else as it is)."""
+    if not isinstance(version, str):
+        return version
+    return ".".join(version.split(".")[:2])
+
+
+def _same(key: str, mine: str, theirs: Any) -> bool:
+    # Python's bytecode and pickles change only between minor releases (the .pyc magic number
+    # is fixed within one), so 3.11.2 on a Debian instance serves a 3.11.7 driver; bigactor and
+    # the pickler must match exactly.
+    if key == "python":
+        return bool(_minor(theirs) == _minor(mine))
+    return bool(theirs == mine)
+
+
 def check_versions(addr: str, peer: dict[str, Any]) -> None:
-    """Raise VersionMismatch naming both sides if ``peer`` differs from ours."""
+    """Raise VersionMismatch naming both sides' full versions if ``peer`` differs from ours:
+    bigactor and the pickler exactly, Python in its major.minor release."""
     mine = versions()
-    diff = {k: (mine[k], peer.get(k)) for k in mine if peer.get(k) != mine[k]}
+    diff = {k: (mine[k], peer.get(k)) for k in mine if not _same(k, mine[k], peer.get(k))}
     if diff:
         text = ", ".join(f"{k}: driver {a}, worker {b}" for k, (a, b) in sorted(diff.items()))
         raise VersionMismatch(f"{addr}: versions differ ({text})")

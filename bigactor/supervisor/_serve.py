@@ -18,6 +18,7 @@ from .. import _rpc
 from .._actor import cluster_var
 from .._cluster import Cluster
 from .._contract import WorkerConfig
+from ._capture import OutputCapture
 from ._supervisor import Worker
 
 
@@ -29,6 +30,7 @@ async def serve_worker(
     exit: Callable[[int], None],
     run_sync: _rpc.RunSync = _rpc.run_in_thread,
     announce: Callable[[str], None] | None = None,
+    capture_output: bool = False,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve a machine on ``listener`` until cancelled (never returns on its own).
@@ -41,12 +43,20 @@ async def serve_worker(
 
     The worker ends itself through ``exit(code)`` (a clean shutdown, an expired watchdog);
     ``announce(message)`` prints its last line (by default, to stdout after flushing stderr).
-    Sync methods run through ``run_sync``. ``config.sys_path``, ``argv`` and ``log_level``
-    concern the process and are the caller's to apply before the loop starts (see
+    With ``capture_output`` the worker captures its process's stdout and stderr (fds 1 and 2,
+    until it is cancelled) and serves them to the driver over the connection
+    (``Supervisor.output``; see ``_capture``): for a worker whose driver cannot read its
+    output from a pipe, on another host, paired with ``Instance.output_over_channel`` on the
+    driver's side. Sync methods run through ``run_sync``. ``config.sys_path``, ``argv`` and
+    ``log_level`` concern the process and are the caller's to apply before the loop starts (see
     ``python -m bigactor.supervisor``). Cancelling it stops serving and closes every
     connection and actor of the machine.
     """
     async with trio.open_nursery() as nursery:
+        output = None
+        if capture_output:
+            output = OutputCapture()
+            await nursery.start(output.run)
         driver = _rpc.Link()
         cluster = Cluster(nursery, config.key, driver=driver, transport=transport)
         cluster_var.set(cluster)
@@ -61,6 +71,7 @@ async def serve_worker(
             announce=announce,
             driver=driver,
             transport=transport,
+            output=output,
         )
         await nursery.start(worker.serve, listener)
         task_status.started(worker)

@@ -1,7 +1,9 @@
 """The Supervisor service every machine hosts, and the worker process around it.
 
 The driver talks to a machine only through this service: ping, info, keepalive, register a
-service, spawn an actor, environment and argv, process and resource info, shutdown. The
+service, spawn an actor, environment and argv, process and resource info, shutdown; and two
+streams it subscribes to: the machine's notices (:meth:`Worker.notice`: it will go away soon)
+and, where the worker captures its own output (a machine on another host), that output. The
 watchdog ends the worker when keepalives stop coming (bigmachine's behaviour, spec §2.4).
 """
 
@@ -18,7 +20,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from .. import _codec, _rpc, _version
 from .._contract import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo, WatchdogConfig
 from .._errors import CodecError, ServiceNotFound
 from . import _introspect
+from ._capture import OutputCapture
 
 log = logging.getLogger("bigactor.supervisor")
 
@@ -201,6 +204,30 @@ class Supervisor:
         """Reply, then after ``delay`` print ``message`` (the output sync marker) and exit 0."""
         self._worker.nursery.start_soon(self._worker.shutdown, delay, message)
 
+    async def notices(self, since: int = 0) -> AsyncIterator[tuple[float, str, str]]:
+        """The machine's notices from the ``since``-th on, as ``(time, kind, message)``: those
+        given already, then each as it comes. Never ends on its own."""
+        worker = self._worker
+        while True:
+            while since < len(worker.notices):
+                yield worker.notices[since]
+                since += 1
+            await worker.wait_notice()
+
+    async def output(self) -> AsyncIterator[bytes]:
+        """The machine's captured stdout and stderr, in pieces as written (see ``_capture``);
+        ends at once where the worker does not capture them. One reader at a time: a new
+        stream (after a broken connection) ends the one before."""
+        capture = self._worker.output
+        if capture is None:
+            return
+        reader = capture.subscribe()
+        try:
+            while (data := await capture.take(reader)) is not None:
+                yield data
+        finally:
+            capture.closed(reader)
+
 
 class Worker:
     """One machine's process-wide state: its actors, watchdog and way out."""
@@ -217,6 +244,7 @@ class Worker:
         announce: Callable[[str], None] | None = None,
         driver: _rpc.Link | None = None,
         transport: _rpc.Transport | None = None,
+        output: OutputCapture | None = None,
     ) -> None:
         if watchdog is None:
             watchdog = WatchdogConfig()
@@ -234,6 +262,11 @@ class Worker:
         self._deadline = trio.current_time() + watchdog.boot_grace
         self.healthy = True
         self.exited: int | None = None
+        #: this process's stdout and stderr, where the worker captures them for the driver
+        self.output = output
+        #: the notices given (``notice``), as ``(time, kind, message)``, oldest first
+        self.notices: list[tuple[float, str, str]] = []
+        self._noticed = trio.Event()
         self.table = _rpc.ActorTable(addr, nursery, run_sync)
         #: the way back to the driver (attached by the driver's first call on a connection)
         self.driver = driver if driver is not None else _rpc.Link()
@@ -259,6 +292,24 @@ class Worker:
         self._deadline = trio.current_time() + next
         return KeepaliveReply(next, self.healthy)
 
+    def notice(self, kind: str, message: str) -> None:
+        """Tell the driver that this machine will go away soon: ``kind`` says why (e.g.
+        ``"interruption"``, a spot instance being reclaimed), ``message`` what is known.
+
+        Never blocks; the driver, subscribed to ``Supervisor.notices``, has it within one round
+        trip, or as soon as it connects again. The driver marks the machine draining, runs its
+        cluster's ``on_draining`` callback, and names the notice when the machine is lost. Call
+        it from the worker's Trio thread.
+        """
+        self.notices.append((time.time(), str(kind), str(message)))
+        log.warning("%s: %s notice: %s", self.addr, kind, message)
+        self._noticed.set()
+        self._noticed = trio.Event()
+
+    async def wait_notice(self) -> None:
+        """Return at the next :meth:`notice`."""
+        await self._noticed.wait()
+
     def exit(self, code: int) -> None:
         if self.exited is None:
             self.exited = code
@@ -280,7 +331,11 @@ class Worker:
 
     async def shutdown(self, delay: float, message: str) -> None:
         await trio.sleep(delay)
-        if self._announce is not None:
+        if self.output is not None:
+            # The driver reads this output over a connection: the marker goes last, and the
+            # worker exits once the driver has it (bounded), so that no line is lost.
+            await self.output.finish(message)
+        elif self._announce is not None:
             self._announce(message)
         else:
             sys.stderr.flush()

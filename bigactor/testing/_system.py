@@ -57,6 +57,10 @@ class _TestMachine(Instance):
         self.worker: Worker | None = None
         self.alive = True
         self.hang_keepalives = False
+        self.given_details: dict[str, str] = {}
+
+    def details(self) -> dict[str, str]:
+        return dict(self.given_details)
 
     async def open(self) -> trio.abc.Stream:
         if not self.alive:
@@ -103,6 +107,9 @@ class TestSystem(System):
         watchdog: the machines' watchdog; an expired watchdog kills the machine.
         maxprocs: what ``machine.maxprocs`` reports (the CPUs ``cpus=`` places by).
         memory: what ``machine.memory`` reports, in bytes (None: unknown).
+        price_per_hour: each machine's price in dollars per hour (None: unknown), for
+            ``cluster.cost()``.
+        details: what each machine's system says of it (``machine.details``, status pages).
 
     Each option may also be set in the environment as ``BIGACTOR_TEST_<OPTION>``
     (``BIGACTOR_TEST_MAXPROCS=4``); a keyword wins. ``transport`` is the system's own
@@ -117,6 +124,8 @@ class TestSystem(System):
     watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
     maxprocs: int = 1
     memory: int | None = None
+    price_per_hour: float | None = None
+    details: dict[str, str] = attrs.field(factory=dict)
     boot_timeout: float = 60.0
     key: bytes = attrs.field(default=b"", init=False)
     transport: TestTransport = attrs.field(factory=TestTransport, init=False)
@@ -141,6 +150,8 @@ class TestSystem(System):
             m = _TestMachine(f"test:{self._id}-{self._count}", env)
             m.maxprocs = self.maxprocs
             m.memory = self.memory
+            m.price_per_hour = self.price_per_hour
+            m.given_details = dict(self.details)
             self.transport.machines[m.addr] = m
             self._all.append(m)
             await self._nursery.start(self._serve, m)
@@ -206,6 +217,14 @@ class TestSystem(System):
             return False
         random.choice(live).kill()
         return True
+
+    def notice(self, machine: Machine | str, kind: str, message: str) -> None:
+        """Make the machine's worker give notice that it will go away soon (``Worker.notice``),
+        as a spot instance's does when it is about to be reclaimed."""
+        addr = machine if isinstance(machine, str) else machine.addr
+        m = next(m for m in self._all if m.addr == addr)
+        assert m.worker is not None, f"test machine {addr} is not serving"
+        m.worker.notice(kind, message)
 
     def hang_keepalives(self, machine: Machine | str, hang: bool = True) -> None:
         """Make the machine's keepalive calls hang (or answer again) without killing it."""
