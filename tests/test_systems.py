@@ -25,7 +25,7 @@ def test_lookup_builds_named_systems_with_options() -> None:
 
 def test_unknown_system_name_lists_the_known_ones() -> None:
     """An unknown name is a ValueError naming the systems there are."""
-    with pytest.raises(ValueError, match=r"unknown bigactor system 'nope' \(known: local, test"):
+    with pytest.raises(ValueError, match=r"unknown bigactor system 'nope' \(known: ec2, local, test"):
         lookup("nope")
 
 

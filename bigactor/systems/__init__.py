@@ -2,6 +2,8 @@
 
 * ``local`` (:class:`LocalSystem`, the default): worker processes on this host.
 * ``test`` (:class:`bigactor.testing.TestSystem`): in-process machines for tests.
+* ``ec2`` (:class:`bigactor.systems.ec2.EC2System`, also ``bigactor.systems.EC2``): EC2
+  instances, one machine each. Importing ``bigactor`` imports none of it (nor boto3).
 * Third-party systems register a :class:`System` subclass under the entry-point group
   ``bigactor.systems``; ``BIGACTOR_SYSTEM=name`` or ``open_cluster("name")`` picks one.
 
@@ -24,6 +26,16 @@ from .local import LocalSystem
 __all__ = ["Instance", "KeepaliveConfig", "LocalSystem", "System", "Transport", "lookup"]
 
 GROUP = "bigactor.systems"
+
+
+def __getattr__(name: str) -> Any:
+    # ``bigactor.systems.EC2``: the EC2 system, imported on first use only, so that importing
+    # bigactor never imports the EC2 package (its boto3 is imported later still, at its first call).
+    if name == "EC2":
+        from .ec2 import EC2System
+
+        return EC2System
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def lookup(name: str, **options: Any) -> System:

@@ -14,7 +14,7 @@ import pytest
 
 from .harness import FakeCloud, environment
 
-IN_HUB = os.environ.get("BIGACTOR_EC2_HUB") == "1"
+IN_HUB = os.environ.get("EC2TEST_HUB") == "1"
 #: Measurements the tests record, printed at the end of the run: {what: seconds}.
 TIMINGS: dict[str, float] = {}
 
@@ -38,8 +38,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def wheelhouse() -> Path | None:
-    """The wheelhouse tests/ec2/run built (BIGACTOR_EC2_WHEELHOUSE), or None if it could not."""
-    path = os.environ.get("BIGACTOR_EC2_WHEELHOUSE")
+    """The wheelhouse tests/ec2/run built (EC2TEST_WHEELHOUSE), or None if it could not."""
+    path = os.environ.get("EC2TEST_WHEELHOUSE")
     return Path(path) if path and Path(path, "requirements.txt").is_file() else None
 
 

@@ -104,11 +104,11 @@ def check_hub(own_links: Iterable[str] = ()) -> None:
 
     The checks read the routing table and the list of links; nothing is sent. The namespace must
     have no default route (IPv4 or IPv6, any table) and no link but lo and ``own_links``. When
-    ``tests/ec2/run`` passes the outer namespace's inode in BIGACTOR_EC2_OUTER_NETNS, this one
+    ``tests/ec2/run`` passes the outer namespace's inode in EC2TEST_OUTER_NETNS, this one
     must differ from it. (The init process's namespace cannot be read in every sandbox, so it is
     not the reference.)
     """
-    outer = os.environ.get("BIGACTOR_EC2_OUTER_NETNS")
+    outer = os.environ.get("EC2TEST_OUTER_NETNS")
     if outer and os.stat("/proc/self/ns/net").st_ino == int(outer):
         raise HubError("still in the outer network namespace: run the EC2 tests through tests/ec2/run")
     for family in ("-4", "-6"):

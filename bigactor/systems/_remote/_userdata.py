@@ -33,6 +33,7 @@ import re
 import secrets
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
@@ -49,6 +50,10 @@ _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 def new_token() -> bytes:
     """A fresh one-time enrollment token (one per launch)."""
     return secrets.token_bytes(_agent.TOKEN_SIZE)
+
+
+def _strings(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(items)
 
 
 def _python_version() -> str:
@@ -72,6 +77,8 @@ class BootSpec:
         host: the address the agent binds (every interface by default).
         cache: where venvs and bundles are cached, keyed by their digests.
         log: the boot log file.
+        pip_options: more arguments for pip (``--trusted-host`` for an index served over
+            plain HTTP, ``--find-links`` beside an index, ...), each one word.
         setup: shell commands run first, as the ``setup`` stage (empty: none).
         final: a shell command run when the boot fails or the worker exits (``poweroff`` on EC2).
         enroll_timeout: seconds the agent waits to be enrolled before it fails the boot.
@@ -79,7 +86,7 @@ class BootSpec:
 
     ca_pem: bytes
     token: bytes = attrs.field(repr=False)
-    pins: tuple[str, ...] = attrs.field(converter=tuple)
+    pins: tuple[str, ...] = attrs.field(converter=_strings)
     index_url: str | None = None
     find_links: str | None = None
     python: str | None = None
@@ -88,6 +95,7 @@ class BootSpec:
     host: str = "0.0.0.0"
     cache: str = "/var/cache/bigactor"
     log: str = "/var/log/bigactor-boot.log"
+    pip_options: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     setup: str = ""
     final: str = ""
     enroll_timeout: float = 600.0
@@ -142,6 +150,7 @@ def render_user_data(spec: BootSpec) -> bytes:
     else:
         assert spec.find_links is not None
         source = f"--no-index --find-links {shlex.quote(spec.find_links)}"
+    source = " ".join([source, *(shlex.quote(option) for option in spec.pip_options)])
     settings = {
         "token": spec.token.hex(),
         "ca": spec.ca_pem.decode(),
@@ -240,8 +249,8 @@ if [ -x "$VENV/bin/python" ]; then
     say "venv $VENV is cached"
 else
     mkdir -p "$CACHE" || fail "cannot create $CACHE"
-    tmp="$VENV.tmp.$$"
-    rm -rf "$tmp"
+    # Unique even where hosts share the cache (each host's PID namespace reuses $$).
+    tmp=$(mktemp -d "$VENV.tmp.XXXXXX") || fail "cannot create a directory in $CACHE"
     if ! "$PY" -m venv "$tmp" >>"$LOG" 2>&1; then
         rm -rf "$tmp"
         fail "$PY -m venv failed (on Debian and Ubuntu, install python$WANT-venv): see $LOG"
@@ -256,7 +265,9 @@ else
     fi
     cat "$tmp/pip.log" 2>/dev/null >>"$LOG"
     # A venv that appears at $VENV is complete: another boot's rename, or this one.
-    mv "$tmp" "$VENV" 2>/dev/null || rm -rf "$tmp"
+    # (Onto an existing directory, mv would move the venv inside it.)
+    [ -e "$VENV" ] || mv "$tmp" "$VENV" 2>/dev/null
+    rm -rf "$tmp"
     [ -x "$VENV/bin/python" ] || fail "cannot move the venv into $VENV"
     say "venv $VENV made"
 fi

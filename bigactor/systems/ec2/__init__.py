@@ -1,7 +1,11 @@
 """The EC2 system: a bigactor program's machines as EC2 instances, launched with boto3.
 
-``BIGACTOR_SYSTEM=ec2 python prog.py``, or ``open_cluster("ec2", instance_type="m5.large")``,
-runs the program's machines on EC2 instances, and nothing is left running afterwards::
+``BIGACTOR_SYSTEM=ec2 python prog.py``, or ``open_cluster("ec2", instance_type="m5.large")``
+(or ``open_cluster(bigactor.systems.EC2(spot=True))``), runs the program's machines on EC2
+instances, one machine per instance (:class:`EC2System`), and nothing is left running
+afterwards. Each option of :class:`EC2System` may be set as ``BIGACTOR_EC2_<OPTION>``.
+
+The building blocks it is made of may be used alone::
 
     from bigactor.systems.ec2 import EC2Config, Launcher
 
@@ -61,6 +65,8 @@ from ._launch import (
 )
 from ._progress import LaunchProgress as LaunchProgress
 from ._progress import Stage as Stage
+from ._system import EC2Instance as EC2Instance
+from ._system import EC2System as EC2System
 from ._types import InstanceType as InstanceType
 from ._types import TypeTable as TypeTable
 from ._types import load as load_types
@@ -69,6 +75,8 @@ __all__ = [
     "DEFAULT_KEEPALIVE",
     "EC2Config",
     "EC2Error",
+    "EC2Instance",
+    "EC2System",
     "IMDS",
     "IMDSError",
     "InstanceStatus",

@@ -153,8 +153,11 @@ class InstanceStatus:
         why = f" ({code}: {self.reason_message})" if code else ""
         if code.startswith("Server."):
             return f"{self.state} by AWS{why}"
-        if code in ("Client.InstanceInitiatedShutdown", "Client.UserInitiatedShutdown"):
+        if code == "Client.InstanceInitiatedShutdown":
             return f"{self.state} by its own shutdown{why}"
+        if code == "Client.UserInitiatedShutdown":
+            # AWS's meaning: TerminateInstances (or StopInstances) through the API or console.
+            return f"{self.state} through the EC2 API (TerminateInstances by a user or program){why}"
         if self.state == "gone":
             return "no longer listed by EC2 (terminated)"
         return f"{self.state}{why}"
