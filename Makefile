@@ -52,7 +52,12 @@ test: lint
 # The EC2 suite: a fake cloud (moto's EC2 API, instances as Linux namespaces) inside a network
 # namespace with no route out. Needs root; skips otherwise (fails instead with EC2TEST_STRICT=1).
 ec2: $(BIN)/.installed
-	EC2TEST_PYTHON=$(BIN)/python tests/ec2/run $(PYTEST_ARGS)
+	rm -f .coverage .coverage.*
+	EC2TEST_COVERAGE=1 EC2TEST_PYTHON=$(BIN)/python tests/ec2/run $(PYTEST_ARGS)
+	@if ls .coverage.* >/dev/null 2>&1; then \
+	    $(BIN)/coverage combine -q && \
+	    $(BIN)/coverage report --include=bigactor/systems/ec2/_system.py --fail-under=80; \
+	fi
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format bigactor tests examples benchmarks

@@ -525,16 +525,19 @@ class Machine:
                 self._next_keepalive = time.time() + reply.next
                 await self._check_health(reply.healthy)
                 return reply
-            wait = next(waits)
+            # Retried for the whole timeout, never less: the last wait is cut short so that one
+            # attempt starts right at the deadline, and only its failure loses the machine (a
+            # partition healed a moment before the timeout costs nothing).
             now = trio.current_time()
-            if now + wait > start + cfg.timeout:
+            deadline = start + cfg.timeout
+            if now >= deadline:
                 what = "no reply within the rpc timeout" if isinstance(last, trio.TooSlowError) else str(last)
                 raise MachineLost(
                     self.addr,
                     f"keepalive failed after {now - start:.1f} s "
                     f"(timeout={cfg.timeout} s, rpc timeout={cfg.rpc_timeout} s): {what}",
                 )
-            await trio.sleep(wait)
+            await trio.sleep(min(next(waits), deadline - now))
 
     async def _check_health(self, healthy: bool) -> None:
         """Log once per episode when the worker says it is short of memory, with what it holds."""
@@ -564,15 +567,16 @@ class Machine:
                         await self._raw_call("Supervisor.ping", 1)
                     break
                 except (TransportError, trio.TooSlowError) as exc:
-                    wait = next(waits)
+                    # As for keepalives: retried for the whole timeout, never less.
                     now = trio.current_time()
-                    if now + wait > start + cfg.timeout:
+                    deadline = start + cfg.timeout
+                    if now >= deadline:
                         raise MachineLost(
                             self.addr,
                             f"ping failed after {now - start:.1f} s "
                             f"(timeout={cfg.timeout} s): {exc or 'no reply'}",
                         ) from exc
-                    await trio.sleep(wait)
+                    await trio.sleep(min(next(waits), deadline - now))
 
     # -- calls --------------------------------------------------------------------------------
 

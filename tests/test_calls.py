@@ -371,16 +371,16 @@ async def test_retry_call_stops_when_the_machine_is_lost(
     t0 = trio.current_time()
     test_system.kill(machine)
     # Default keepalive (period 60, timeout 120): the next keepalive at 30 is refused; its
-    # retries run at 30 + 0, 1, 2.5, 4.75, 8.125, then every 5 s until the next wait would end
-    # past 30 + 120: lost at 30 + 118.125 = 148.125.
+    # retries run at 30 + 0, 1, 2.5, 4.75, 8.125, then every 5 s up to 30 + 118.125, and a last
+    # one at the deadline 30 + 120: lost at 150, never before the whole timeout.
     await trio.sleep(0.5)  # keep retry_call's attempts off the keepalive's instants
-    # retry_call's attempts: 0.5 + 0, 1, 2.5, 4.75, 8.125, then every 5 s: ..., 143.625 (still
-    # RUNNING: TransportError), 148.625 (STOPPED: MachineLost, not retriable).
+    # retry_call's attempts: 0.5 + 0, 1, 2.5, 4.75, 8.125, then every 5 s: ..., 148.625 (still
+    # RUNNING: TransportError), 153.625 (STOPPED: MachineLost, not retriable).
     with pytest.raises(MachineLost):
         await machine.retry_call("svc.method")
-    assert since(t0) == exactly(148.625)
+    assert since(t0) == exactly(153.625)
     assert machine.state == State.STOPPED
-    assert "keepalive failed after 118.1 s" in str(machine.error)
+    assert "keepalive failed after 120.0 s" in str(machine.error)
 
 
 async def test_retry_call_does_not_retry_a_stopped_machine(

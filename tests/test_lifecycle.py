@@ -91,13 +91,14 @@ async def test_killed_machine_stops_when_its_keepalive_lapses(
         machine = await start_one(cluster, svc=Service())
         t0 = trio.current_time()
         system.kill(machine)
-        # Keepalive at 0.5 fails (refused), wait 1 -> 1.5 fails; the next wait (1.5) would end
-        # at 3.0, past the budget 0.5 + 2.0: lost at 1.5.
+        # Keepalive at 0.5 fails (refused), wait 1 -> 1.5 fails; the next wait (1.5) is cut to
+        # the deadline 0.5 + 2.0: the attempt at 2.5 fails too, and the machine is lost then,
+        # never before its whole timeout has passed.
         assert await machine.wait(State.STOPPED) == State.STOPPED
-        assert since(t0) == exactly(1.5)
+        assert since(t0) == exactly(2.5)
         assert isinstance(machine.error, MachineLost)
         message = str(machine.error)
-        assert "keepalive failed after 1.0 s" in message
+        assert "keepalive failed after 2.0 s" in message
         assert "timeout=2.0 s" in message
         assert "rpc timeout=0.5 s" in message
         assert machine.addr in message
@@ -118,8 +119,8 @@ async def test_keepalive_lapse_fails_pending_calls_with_machine_lost(
         machine = await start_one(cluster, svc=Service())
         t0 = trio.current_time()
         system.hang_keepalives(machine)
-        # Attempt at 0.5 times out at 1.0; wait 1 -> attempt at 2.0 times out at 2.5; the next
-        # wait (1.5) would end past 0.5 + 2.0: lost at 2.5, 2.0 s after the first failed attempt.
+        # Attempt at 0.5 times out at 1.0; wait 1 -> attempt at 2.0 times out at 2.5, the
+        # deadline 0.5 + 2.0: lost at 2.5, 2.0 s after the first failed attempt.
         with pytest.raises(MachineLost) as info:
             await machine.call("svc.hang")
         assert since(t0) == exactly(2.5)
