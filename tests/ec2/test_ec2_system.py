@@ -260,8 +260,10 @@ def test_three_instances_run_actors_call_each_other_and_end_cleanly(fake_cloud: 
         assert inst["details"]["type"] == "m5.large"
         assert inst["details"]["zone"] == fake_cloud.availability_zone
         assert (inst["maxprocs"], inst["memory"]) == (2, 8 << 30)
-        assert inst["bundle_cached"] is False  # this session's bundle is new
         assert "stage enrollment" in inst["boot_log"]
+    # This session's bundle is new: the first instance to be shipped it received it. The three
+    # share the host's cache here, so one that asks after another stored it finds it cached.
+    assert False in {inst["bundle_cached"] for inst in instances.values()}
     TIMINGS["3 instances: RunInstances until all running"] = started["timings"][0]["launch"]
     TIMINGS["3 instances: running until all enrolled"] = started["timings"][0]["boot"]
     TIMINGS["3 instances: program start until RUNNING"] = started["seconds"]
