@@ -27,11 +27,14 @@ worker dialing another worker). Leaves are valid ``days`` days from a minute ago
 absorbs clock drift between hosts); the CA ten years by default, since its key dies with the
 driver anyway. bigmachine's leaves last 7 days and are never renewed, so its clusters stop
 accepting connections after a week; here the driver renews: before a leaf is two thirds through
-its life (see :func:`renew_at`) it issues a fresh certificate for the same public key
-(``ca.issue`` again) and the holder loads it with :func:`load_identity` into the contexts it
-already uses, which affects the handshakes after that only. Pushing a renewed certificate to a
-running worker (a call on its supervisor) belongs to the system that runs workers over TCP and
-is a later step.
+its life (see :func:`renew_at`) it issues a fresh certificate for the same public key, name,
+addresses and roles (:meth:`ClusterCA.reissue`) and the holder loads it with
+:func:`load_identity` into the contexts it already uses, which affects the handshakes after that
+only. The driver renews its own client certificate so, and pushes each worker's to it over an
+authenticated connection (``systems/_remote/_renew.py``, ``Supervisor.renew_certificate``); the
+worker takes it only once :func:`check_renewal` found it is from the cluster's CA, for the
+worker's own key and its address. The CA itself is never renewed: its ten years outlast any
+cluster, whose CA dies with its driver.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import NoReturn
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -106,12 +110,86 @@ def _validity(days: float) -> tuple[datetime.datetime, datetime.datetime]:
     if not days > 0:
         raise ValueError(f"a certificate must be valid for a positive number of days, not {days}")
     now = datetime.datetime.now(datetime.UTC)
-    return now - DRIFT, now + datetime.timedelta(days=days)
+    life = datetime.timedelta(days=days)
+    # A leaf of under ten minutes (tests shorten leaves to seconds) goes back a tenth of its
+    # life, not a minute: renew_at counts from NotBefore, and a minute back would put it in
+    # the past. Such a leaf is not meant to cross hosts with drifting clocks.
+    return now - min(DRIFT, life / 10), now + life
 
 
 def expires(cert_pem: bytes) -> datetime.datetime:
     """When the certificate ``cert_pem`` stops being valid (UTC)."""
     return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
+def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """The IP addresses and DNS names ``cert`` names."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)], san.get_values_for_type(x509.DNSName)
+
+
+def _roles(cert: x509.Certificate) -> tuple[bool, bool]:
+    """Whether ``cert`` is good for the client role, the server role."""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False, False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage, ExtendedKeyUsageOID.SERVER_AUTH in usage
+
+
+def _public_der(key: ec.EllipticCurvePublicKey | object) -> bytes:
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return b""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def check_renewal(cert_pem: bytes, current: Identity, ca_pem: bytes, host: str) -> Identity:
+    """The identity ``current`` becomes with the renewed certificate ``cert_pem``; ValueError
+    naming the fault unless ``cert_pem`` is a certificate signed by the CA of ``ca_pem``, valid
+    now, for the key of ``current``, naming ``host`` (an IP address or DNS name) and good for
+    every role ``current``'s certificate is good for.
+
+    What a worker asks before it presents a certificate the driver pushed (a pushed certificate
+    cannot make a worker present another's key or answer for another's address).
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise ValueError(f"the renewed certificate cannot be read: {exc}") from None
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ValueError(
+            f"the renewed certificate ({cert.issuer.rfc4514_string()}) is not signed by this "
+            f"cluster's CA ({ca.subject.rfc4514_string()})"
+        ) from None
+    now = datetime.datetime.now(datetime.UTC)
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        raise ValueError(
+            f"the renewed certificate is not valid now: it is valid from {cert.not_valid_before_utc} "
+            f"until {cert.not_valid_after_utc}"
+        )
+    key = serialization.load_pem_private_key(current.key_pem, None)
+    if _public_der(cert.public_key()) != _public_der(key.public_key()):
+        raise ValueError("the renewed certificate is for another key than this machine's")
+    ips, dns = _sans(cert)
+    try:
+        named = ipaddress.ip_address(host) in {ipaddress.ip_address(ip) for ip in ips}
+    except ValueError:
+        named = host.lower() in {d.lower() for d in dns}
+    if not named:
+        raise ValueError(
+            f"the renewed certificate does not name this machine's address {host} (it names {ips + dns})"
+        )
+    was = _roles(x509.load_pem_x509_certificate(current.cert_pem))
+    now_roles = _roles(cert)
+    if any(w and not n for w, n in zip(was, now_roles, strict=True)):
+        raise ValueError("the renewed certificate drops a TLS role (client, server) the current one has")
+    return Identity(cert_pem=cert_pem, key_pem=current.key_pem)
 
 
 def renew_at(cert_pem: bytes) -> datetime.datetime:
@@ -242,6 +320,27 @@ class ClusterCA:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    def reissue(self, cert_pem: bytes, *, days: float = LEAF_DAYS) -> bytes:
+        """A renewal of ``cert_pem``, a certificate this CA issued: the same key, name,
+        addresses and roles, valid ``days`` days from a minute ago (see :meth:`issue`).
+
+        Raises ValueError for a certificate this CA did not sign.
+        """
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        try:
+            cert.verify_directly_issued_by(self._cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ValueError("this CA renews only the certificates it issued") from None
+        [common_name] = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ips, dns = _sans(cert)
+        client, server = _roles(cert)
+        public_pem = cert.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return self.issue(
+            public_pem, name=str(common_name.value), ips=ips, dns=dns, client=client, server=server, days=days
+        )
 
     def identity(
         self,

@@ -19,9 +19,10 @@ import attrs
 import trio
 
 from bigactor._contract import WatchdogConfig, WorkerConfig
-from bigactor._pki import ClusterCA
+from bigactor._pki import LEAF_DAYS, ClusterCA
 from bigactor._rpc._tls import TLSTransport
 from bigactor._system import Instance, KeepaliveConfig, System
+from bigactor.systems._remote._renew import Renewal
 
 WORKER = """
 import json, sys
@@ -49,6 +50,9 @@ class RemoteLikeInstance(Instance):
         self.process = process
         self.log = log
 
+    def ended(self) -> bool:
+        return self.process.returncode is not None
+
     def kill(self) -> None:
         if self.process.returncode is None:
             self.process.kill()
@@ -57,25 +61,41 @@ class RemoteLikeInstance(Instance):
 @attrs.define(kw_only=True)
 class RemoteLikeSystem(System):
     """Workers as processes handed over like a booted instance's agent does; ``extra`` goes
-    into each worker's configuration (``imds`` for its metadata service)."""
+    into each worker's configuration (``imds`` for its metadata service). Certificates last
+    ``cert_days`` days; with ``renew`` the driver renews them (``_remote._renew``), as the EC2
+    system does."""
 
     name = "remote-like"
     directory: Path
     extra: dict[str, str] = attrs.field(factory=dict)
     keepalive: KeepaliveConfig = KeepaliveConfig(period=60.0, timeout=120.0, rpc_timeout=10.0)
     boot_timeout: float = 60.0
+    cert_days: float = LEAF_DAYS
+    renew: bool = True
     key: bytes = attrs.field(default=b"", init=False)
     transport: Any = attrs.field(default=None, init=False)
     instances: list[RemoteLikeInstance] = attrs.field(factory=list, init=False)
-    _ca: Any = attrs.field(default=None, init=False)
+    _ca: ClusterCA | None = attrs.field(default=None, init=False)
+    renewal: Renewal | None = attrs.field(default=None, init=False)
     _count: int = attrs.field(default=0, init=False)
 
     async def setup(self, nursery: trio.Nursery, key: bytes) -> None:
         self.key = key
         self._ca = ClusterCA.create("remote-like test cluster")
-        self.transport = TLSTransport(self._ca.identity(client=True, server=False), self._ca.cert_pem)
+        identity = self._ca.identity(client=True, server=False, days=self.cert_days)
+        self.transport = TLSTransport(identity, self._ca.cert_pem)
+        if self.renew:
+            self.renewal = Renewal(self._ca, self.transport, key, days=self.cert_days)
+            await nursery.start(self.renewal.run)
+
+    @property
+    def ca(self) -> ClusterCA:
+        """The cluster's CA (made by ``setup``)."""
+        assert self._ca is not None
+        return self._ca
 
     async def start(self, n: int, env: dict[str, str]) -> list[Instance]:
+        ca = self.ca
         out: list[Instance] = []
         for _ in range(n):
             self._count += 1
@@ -84,7 +104,9 @@ class RemoteLikeSystem(System):
                 listener.bind(("127.0.0.1", 0))
                 listener.listen()
                 addr = f"tls:127.0.0.1:{listener.getsockname()[1]}"
-                identity = self._ca.identity("worker", ips=["127.0.0.1"], client=True, server=True)
+                identity = ca.identity(
+                    "worker", ips=["127.0.0.1"], client=True, server=True, days=self.cert_days
+                )
                 config = WorkerConfig(
                     key=self.key,
                     addr=addr,
@@ -97,7 +119,7 @@ class RemoteLikeSystem(System):
                     "listen_fd": listener.fileno(),
                     "key_pem": identity.key_pem.decode(),
                     "cert_pem": identity.cert_pem.decode(),
-                    "ca_pem": self._ca.cert_pem.decode(),
+                    "ca_pem": ca.cert_pem.decode(),
                     "config": config.to_json().decode(),
                     "bundle": str(self.directory),
                     "boot_log": str(log),
@@ -120,6 +142,8 @@ class RemoteLikeSystem(System):
             await process.stdin.aclose()
             instance = RemoteLikeInstance(addr, process, log)
             self.instances.append(instance)
+            if self.renewal is not None:
+                self.renewal.add(instance, identity.cert_pem)
             out.append(instance)
         return out
 

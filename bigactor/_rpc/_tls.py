@@ -71,6 +71,12 @@ try:
 except ImportError:  # not a POSIX system: read one record per call
     _FIONREAD = None
 _TOKEN = object()
+#: OpenSSL's verify code for a certificate past its NotAfter
+X509_V_ERR_CERT_HAS_EXPIRED = 10
+_EXPIRED_HINT = (
+    "the driver renews the cluster's certificates before they expire; its log says why this "
+    "one was not renewed"
+)
 #: Linux's TCP_CORK: while set, the kernel sends only full segments
 _CORK: int | None = getattr(socket, "TCP_CORK", None)
 CORK_AT = 1 << 20  # writes from this size on are corked
@@ -117,6 +123,10 @@ class TLSStream(trio.abc.Stream):
         if self._closed:
             return trio.ClosedResourceError("the TLS stream was closed")
         self._broken = f"TLS connection failed: {exc!r}"
+        if isinstance(exc, ssl.SSLError) and exc.reason == "SSLV3_ALERT_CERTIFICATE_EXPIRED":
+            # TLS 1.3: a server checks the client's certificate after the client's handshake
+            # completed, so the client learns of its refusal here, from the server's alert.
+            self._broken += f" (the peer refused this side's certificate as expired: {_EXPIRED_HINT})"
         return trio.BrokenResourceError(self._broken)
 
     async def _wait(self, want: ssl.SSLError, *, sending: bool) -> None:
@@ -406,7 +416,11 @@ async def _handshake(
         return TLSStream(sock, server_certificate, _private=_TOKEN)
     except ssl.SSLCertVerificationError as exc:
         _close(sock)
-        raise TLSError(f"TLS handshake failed: {exc.verify_message or exc.reason}") from exc
+        why = exc.verify_message or exc.reason
+        if exc.verify_code == X509_V_ERR_CERT_HAS_EXPIRED:
+            whose = "the client's" if server_side else "the server's"
+            why = f"{why} ({whose} certificate: {_EXPIRED_HINT})"
+        raise TLSError(f"TLS handshake failed: {why}") from exc
     except (ssl.SSLError, OSError) as exc:
         _close(sock)
         raise TLSError(f"TLS handshake failed: {exc}") from exc
@@ -479,12 +493,18 @@ class TLSTransport(Transport):
         self._client = client_context(identity, ca_pem)
         self._server = server_context(identity, ca_pem)
         self._certificate = ssl.PEM_cert_to_DER_cert(identity.cert_pem.decode("ascii"))
+        #: what this transport presents, both ways (renewed by :meth:`renew`)
+        self.identity = identity
+        #: the cluster CA's certificate: the only issuer trusted
+        self.ca_pem = ca_pem
 
     def renew(self, identity: Identity) -> None:
-        """Present ``identity`` from the next handshake on; open connections carry on."""
+        """Present ``identity`` from the next handshake on, as client and server; open
+        connections carry on."""
         load_identity(self._client, identity)
         load_identity(self._server, identity)
         self._certificate = ssl.PEM_cert_to_DER_cert(identity.cert_pem.decode("ascii"))
+        self.identity = identity
 
     async def open(self, addr: str) -> trio.abc.Stream:
         """Dial ``addr`` and complete the TLS handshake as the client.

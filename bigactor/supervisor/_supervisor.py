@@ -31,6 +31,8 @@ import trio
 from .. import _codec, _rpc, _version
 from .._contract import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo, WatchdogConfig
 from .._errors import CodecError, ServiceNotFound
+from .._pki import check_renewal, expires
+from .._rpc._tls import TLSTransport, parse_address
 from . import _introspect
 from ._capture import OutputCapture
 
@@ -200,6 +202,13 @@ class Supervisor:
     async def load_info(self) -> LoadInfo:
         return LoadInfo(*os.getloadavg())
 
+    async def renew_certificate(self, cert_pem: bytes) -> None:
+        """Present ``cert_pem`` (PEM), the driver's renewal of this machine's certificate, in
+        every later TLS handshake, as server and as client; ValueError, changing nothing, unless
+        it is from the cluster's CA, for this machine's key and names its address (see
+        ``Worker.renew_certificate``)."""
+        self._worker.renew_certificate(cert_pem)
+
     async def shutdown(self, delay: float = 0.0, message: str = SYNC_MARKER) -> None:
         """Reply, then after ``delay`` print ``message`` (the output sync marker) and exit 0."""
         self._worker.nursery.start_soon(self._worker.shutdown, delay, message)
@@ -309,6 +318,29 @@ class Worker:
     async def wait_notice(self) -> None:
         """Return at the next :meth:`notice`."""
         await self._noticed.wait()
+
+    def renew_certificate(self, cert_pem: bytes) -> None:
+        """Make the machine's transport present ``cert_pem`` from its next handshake on: to the
+        connections it accepts and to the machines it dials. Connections open now carry on.
+
+        Raises ValueError, changing nothing, if the machine serves no TLS, or ``cert_pem`` is
+        not signed by the cluster's CA, not valid now, for another key or does not name the
+        host of this machine's address (``_pki.check_renewal``).
+        """
+        transport = self.transport
+        if not isinstance(transport, TLSTransport):
+            raise ValueError(
+                f"machine {self.addr} has no certificate to renew: its transport is "
+                f"{type(transport).__name__}, not TLS"
+            )
+        host, _ = parse_address(self.addr)
+        try:
+            identity = check_renewal(cert_pem, transport.identity, transport.ca_pem, host)
+        except ValueError as exc:
+            log.error("%s: refused a certificate renewal: %s", self.addr, exc)
+            raise ValueError(f"machine {self.addr} refused the certificate: {exc}") from None
+        transport.renew(identity)
+        log.info("%s: certificate renewed; it expires at %s", self.addr, expires(cert_pem))
 
     def exit(self, code: int) -> None:
         if self.exited is None:

@@ -58,7 +58,8 @@ class EnrollPolicy:
         step: seconds for each exchange of the session.
         min_rate: bytes per second the bundle transfer must keep up: it has
             ``step + size / min_rate`` seconds.
-        days: life of the certificate the worker receives.
+        days: life of the certificate the worker receives; the system renews it before it
+            expires (``_renew.Renewal``), so a short life only costs more renewals.
     """
 
     dial: float = 600.0

@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
@@ -31,6 +31,7 @@ import trio
 from ..._contract import WorkerConfig
 
 if TYPE_CHECKING:
+    from ..._rpc import Transport
     from ...supervisor import Worker
 
 #: ``WorkerConfig.extra`` keys: the base URL of the instance metadata service to watch for spot
@@ -100,8 +101,9 @@ async def serve(handoff: Handoff) -> None:
     from ..._rpc._tls import TLSTransport
 
     identity = Identity(cert_pem=handoff.cert_pem, key_pem=handoff.key_pem)
-    # Any: TLSTransport is to become an _rpc.Transport; until then it is one by its methods.
-    transport: Any = TLSTransport(identity, handoff.ca_pem)
+    # The worker's one transport: it accepts the driver's and other workers' connections and
+    # dials other workers; Supervisor.renew_certificate renews it (see ``_renew``).
+    transport = TLSTransport(identity, handoff.ca_pem)
     sock = socket.socket(fileno=handoff.listen_fd)
     sock.setblocking(False)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -112,8 +114,8 @@ async def serve_remote(
     config: WorkerConfig,
     listener: trio.abc.Listener[Any],
     *,
-    transport: Any,
-    exit: Any,
+    transport: Transport,
+    exit: Callable[[int], None],
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """``serve_worker`` as a machine on another host (see the module docstring): its output

@@ -19,6 +19,9 @@ How a machine starts (``cluster.start(n)``):
    is all or nothing, a boot is per machine, as a local worker that dies while starting fails
    only its own machine.
 
+The driver's and the workers' certificates last ``cert_days`` days; the driver renews each
+before it expires for as long as the cluster runs (``_remote._renew``).
+
 ``cluster.start`` returns once every instance of the start is serving or has failed (minutes on
 EC2: the live progress on stderr says where each one is).
 
@@ -57,7 +60,7 @@ import trio
 
 from ..._contract import WatchdogConfig, WorkerConfig
 from ..._errors import MachineStartError
-from ..._pki import ClusterCA, Identity
+from ..._pki import LEAF_DAYS, ClusterCA
 from ..._rpc import Transport
 from ..._rpc._tls import TLSTransport
 from ..._system import Instance, System
@@ -71,8 +74,11 @@ from .._remote import (
     new_token,
     render_user_data,
 )
+from .._remote._renew import Renewal
+from .._remote._worker import IMDS_EXTRA
 from ._config import EC2Config
 from ._errors import EC2Error
+from ._imds import DEFAULT_BASE as IMDS_URL
 from ._launch import Launched, Launcher
 from ._progress import LaunchProgress, Stage
 
@@ -226,6 +232,9 @@ class EC2System(EC2Config, System):
         log_level: the ``logging`` level configured in workers.
         poll_interval: seconds between DescribeInstances polls of the cluster's instances.
         progress: show the live launch progress on stderr (a log record per stage elsewhere).
+        cert_days: life of the driver's and workers' TLS certificates, in days (fractions
+            allowed); the driver renews each two thirds through its life, so any value works
+            for a cluster of any length. The cluster's CA lasts ten years.
     """
 
     name = "ec2"
@@ -242,12 +251,13 @@ class EC2System(EC2Config, System):
     log_level: int = logging.WARNING
     poll_interval: float = attrs.field(default=5.0, converter=_floats)
     progress: bool = True
+    cert_days: float = attrs.field(default=LEAF_DAYS, converter=_floats)
 
     key: bytes = attrs.field(default=b"", init=False, repr=False)
     transport: Transport = attrs.field(factory=Transport, init=False)
     cluster_id: str = attrs.field(factory=lambda: f"c-{secrets.token_hex(6)}", init=False)
     _ca: ClusterCA | None = attrs.field(default=None, init=False, repr=False)
-    _identity: Identity | None = attrs.field(default=None, init=False, repr=False)
+    _renewal: Renewal | None = attrs.field(default=None, init=False, repr=False)
     _launcher: Launcher | None = attrs.field(default=None, init=False, repr=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False, repr=False)
     _reporter: LaunchProgress | None = attrs.field(default=None, init=False, repr=False)
@@ -272,6 +282,8 @@ class EC2System(EC2Config, System):
             raise ValueError(f"boot_timeout must be positive, not {self.boot_timeout}")
         if self.poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, not {self.poll_interval}")
+        if not self.cert_days > 0:
+            raise ValueError(f"cert_days must be positive, not {self.cert_days}")
         if self.wheelhouse and self.wheelhouse.startswith("s3://"):
             raise ValueError("wheelhouse: S3 prefixes are not supported yet; serve it over HTTPS")
         # A worker outlives a dead driver by at most ``unattended`` after the keepalive it last
@@ -294,8 +306,10 @@ class EC2System(EC2Config, System):
         self._launcher = Launcher(self, self.cluster_id)
         await self._launcher.check()
         self._ca = await trio.to_thread.run_sync(ClusterCA.create, f"bigactor cluster {self.cluster_id}")
-        self._identity = self._ca.identity("bigactor driver", client=True, server=False)
-        self.transport = TLSTransport(self._identity, self._ca.cert_pem)
+        identity = self._ca.identity("bigactor driver", client=True, server=False, days=self.cert_days)
+        self.transport = TLSTransport(identity, self._ca.cert_pem)
+        self._renewal = Renewal(self._ca, self.transport, key, days=self.cert_days)
+        await nursery.start(self._renewal.run)
         self._reporter = LaunchProgress(
             tty=None if self.progress else False, title=f"ec2 {self.instance_type}"
         )
@@ -446,6 +460,14 @@ class EC2System(EC2Config, System):
         )
 
     def _worker_config(self, addr: str, bundle: Bundle, env: dict[str, str]) -> WorkerConfig:
+        extra: dict[str, str] = {}
+        if env:
+            # Applied to the worker's os.environ before it serves (``_remote._worker.run``).
+            extra["env"] = json.dumps(env)
+        if self.spot:
+            # A spot worker watches the instance metadata service for an interruption notice
+            # and passes it on as a draining notice (``_remote._worker.relay_interruptions``).
+            extra[IMDS_EXTRA] = IMDS_URL
         return WorkerConfig(
             key=self.key,
             addr=addr,
@@ -453,8 +475,7 @@ class EC2System(EC2Config, System):
             argv=sys.argv,
             watchdog=self.watchdog,
             log_level=self.log_level,
-            # Applied to the worker's os.environ before it serves (``_remote._worker.run``).
-            extra={"env": json.dumps(env)} if env else {},
+            extra=extra,
         )
 
     async def _boot_one(
@@ -469,7 +490,7 @@ class EC2System(EC2Config, System):
     ) -> None:
         """Enroll one instance; put its EC2Instance in ``out[index]`` (ended if it failed)."""
         assert self._ca is not None
-        assert self._identity is not None
+        assert self._renewal is not None
         assert self._reporter is not None
         addr = f"tls:{launched.address}:{self.port}"
         iid = launched.instance_id
@@ -477,7 +498,7 @@ class EC2System(EC2Config, System):
         self._instances[iid] = inst
         self._booting.discard(iid)
         out[index] = inst
-        policy = EnrollPolicy(dial=self.boot_timeout)
+        policy = EnrollPolicy(dial=self.boot_timeout, days=self.cert_days)
         enrolled = None
         try:
             async with trio.open_nursery() as race:
@@ -495,7 +516,7 @@ class EC2System(EC2Config, System):
                     token,
                     bundle,
                     self._worker_config(addr, bundle, env),
-                    identity=self._identity,
+                    identity=self._renewal.identity,
                     policy=policy,
                 )
                 race.cancel_scope.cancel()
@@ -507,6 +528,7 @@ class EC2System(EC2Config, System):
             why = "at stage enrollment: the instance ended before its boot agent answered"
             await self._boot_failed(inst, why, t_running)
             return
+        self._renewal.add(inst, enrolled.cert_pem)
         seconds = trio.current_time() - t_running
         inst.bundle_cached, inst.boot_log = enrolled.bundle_cached, enrolled.boot_log
         self._reporter.update(iid, Stage.READY, f"{addr}, {seconds:.1f} s")
