@@ -150,6 +150,8 @@ class Machine:
         self._error: MachineError | None = None
         self._conn: _rpc.Connection | None = None
         self._dial_lock = trio.Lock()
+        #: the dial under way, if any: the machine's stop cancels it (see ``_connection``)
+        self._dial: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._scope = trio.CancelScope()
         self._reply_times: deque[float] = deque(maxlen=10)
@@ -297,6 +299,8 @@ class Machine:
         log.log(level, "%s", error)
         self._set_state(State.STOPPED)
         self._connected.set()
+        if self._dial is not None:
+            self._dial.cancel()
         if self._conn is not None:
             self._conn.abort(self._lost())
             # A stopped machine is kept a while for status(): not its connection's buffers.
@@ -593,19 +597,39 @@ class Machine:
                     if self._conn is None or self._conn.broken:
                         if self._nursery is None or self.state == State.STOPPED:
                             raise self._lost()
+                        # A dial to a host that is gone (its connection broke a moment before
+                        # the system saw it end) would hold this caller, and every caller queued
+                        # on the lock, for the whole handshake timeout after the machine stopped:
+                        # the stop cancels the dial (``_fail``).
+                        dial = self._dial = trio.CancelScope()
                         try:
-                            conn, peer = await _rpc.connect(
-                                self._nursery, self.addr, self._key, self._serve, transport=self._transport
-                            )
-                        except TransportError as exc:
-                            # No connection: whatever was to go on it never left.
-                            raise CallNotSent(self.addr, exc.message) from exc
-                        _rpc.check_versions(self.addr, peer)
-                        if self._serve is not None:
-                            await self._attach_driver(conn)
-                        self._conn = conn
+                            with dial:
+                                new = await self._open_connection(self._nursery)
+                        finally:
+                            self._dial = None
+                        # Stopped without a checkpoint left in the dial to be cancelled at: its
+                        # connection's task dies with the machine's nursery.
+                        if dial.cancelled_caught or self._events[State.STOPPED].is_set():
+                            raise self._lost()
+                        self._conn = new
                     return self._conn
             await self.wait(State.RUNNING)
+
+    async def _open_connection(self, nursery: trio.Nursery) -> _rpc.Connection:
+        """A new connection to the worker (its tasks in ``nursery``), versions checked and, for
+        a machine that may call back, attached as its way to the driver; CallNotSent if none
+        could be made. Cancelling it closes whatever was opened."""
+        try:
+            conn, peer = await _rpc.connect(
+                nursery, self.addr, self._key, self._serve, transport=self._transport
+            )
+        except TransportError as exc:
+            # No connection: whatever was to go on it never left.
+            raise CallNotSent(self.addr, exc.message) from exc
+        _rpc.check_versions(self.addr, peer)
+        if self._serve is not None:
+            await self._attach_driver(conn)
+        return conn
 
     async def _attach_driver(self, conn: _rpc.Connection) -> None:
         """Make ``conn`` the machine's way back to its driver (actors spawning actors); a
