@@ -4,12 +4,10 @@ points at moto's EC2 server on loopback (fake credentials; nothing can reach AWS
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,20 +17,6 @@ boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
 REGION = "us-west-2"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ data) plus the Pricing API (botocore's Stubber: moto has no Pricing API)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,20 +16,6 @@ from bigactor.systems.ec2 import _types, load_types
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 from botocore.stub import Stubber  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

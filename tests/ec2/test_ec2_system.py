@@ -23,19 +23,17 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import pytest
 
 from bigactor.systems.ec2 import load_types
 
 from .conftest import TIMINGS
+from .driver import Program
 from .harness import FakeCloud
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -45,83 +43,13 @@ PROGRAMS = Path(__file__).with_name("programs")
 CACHE = Path(os.environ.get("EC2TEST_CACHE", "/var/cache/bigactor-ec2-tests"))
 #: the keepalive the programs run with: short, so that a dead driver's instances end soon
 KEEPALIVE = {"period": 4.0, "timeout": 20.0, "rpc_timeout": 4.0}
-PYTHON = sys.executable
 
 
-class Driver:
-    """A running ``python prog.py ...``: its JSON events, its stdin, its stderr in a file."""
+class Driver(Program):
+    """A running ``python prog.py ...`` in the program's directory (see ``Program``)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.log = log
-        self._stderr = log.open("wb")
-        self.process = subprocess.Popen(
-            [PYTHON, "prog.py", *argv],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        assert self.process.stdout is not None
-        threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True).start()
-
-    def _read(self, stdout: TextIO) -> None:
-        for line in stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "text", "line": line.rstrip()}
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def wait(self, name: str, timeout: float = 200) -> dict[str, Any]:
-        """The first event called ``name``; fails with the driver's stderr if it never comes."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = [e for e in self.events if e.get("event") == name]
-                if found:
-                    return found[0]
-                left = deadline - time.monotonic()
-                if self._eof or left <= 0:
-                    break
-                self._cond.wait(left)
-        self.process.poll()
-        pytest.fail(
-            f"no {name!r} event from the driver (exit {self.process.returncode}); events "
-            f"{self.events}\n--- stderr:\n{self.stderr()[-6000:]}"
-        )
-
-    def say(self, word: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(word + "\n")
-        self.process.stdin.flush()
-
-    def finish(self, timeout: float = 120) -> int:
-        try:
-            code = self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self._stderr.close()
-            for pipe in (self.process.stdin, self.process.stdout):
-                if pipe is not None:
-                    pipe.close()
-        return code
-
-    def stderr(self) -> str:
-        if not self._stderr.closed:
-            self._stderr.flush()
-        return self.log.read_text(errors="replace")
+        super().__init__("prog.py", argv, env, cwd, log)
 
 
 @pytest.fixture(scope="module")

@@ -26,22 +26,21 @@ test_ec2_system.py.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import attrs
 import pytest
 
 from .conftest import TIMINGS
+from .driver import Program
 from .harness import Cut, FakeCloud
-from .test_ec2_system import CACHE, PYTHON, x86_64_image
+from .test_ec2_system import CACHE, x86_64_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -69,84 +68,6 @@ ROLES = [
 ]
 
 
-class Program:
-    """The running driver program: its events (JSON lines), commands to its stdin."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.log = log
-        self._stderr = log.open("wb")
-        self.process = subprocess.Popen(
-            [PYTHON, PROGRAM.name, *argv],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
-        self.events: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        self._lock = threading.Lock()
-        self._eof = False
-        assert self.process.stdout is not None
-        threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True).start()
-
-    def _read(self, stdout: TextIO) -> None:
-        for line in stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "text", "line": line.rstrip()}
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def send(self, op: str, **fields: object) -> None:
-        assert self.process.stdin is not None
-        with self._lock:
-            self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
-            self.process.stdin.flush()
-
-    def wait(self, event: str, tag: str | None = None, timeout: float = 60) -> dict[str, Any]:
-        """The first ``event`` with this ``tag``; fails with the program's stderr if none comes."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for e in self.events:
-                    if e.get("event") == event and (tag is None or e.get("tag") == tag):
-                        return e
-                left = deadline - time.monotonic()
-                if self._eof or left <= 0:
-                    break
-                self._cond.wait(left)
-        self.process.poll()
-        raise AssertionError(
-            f"no {event!r} event tagged {tag!r} from the program (exit {self.process.returncode})"
-            f"\n--- stderr:\n{self.stderr()[-6000:]}"
-        )
-
-    def finish(self, timeout: float = 120) -> int:
-        try:
-            code = self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self._stderr.close()
-            for pipe in (self.process.stdin, self.process.stdout):
-                if pipe is not None:
-                    pipe.close()
-        return code
-
-    def stderr(self) -> str:
-        if not self._stderr.closed:
-            self._stderr.flush()
-        return self.log.read_text(errors="replace")
-
-
 def start_program(fake_cloud: FakeCloud, root: Path, log: Path, n: int) -> Program:
     """Start the partitions program on ``n`` instances, with the system's options."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -172,7 +93,7 @@ def start_program(fake_cloud: FakeCloud, root: Path, log: Path, n: int) -> Progr
             "BIGACTOR_EC2_PROGRESS": "no",
         }
     )
-    return Program([str(n)], env, root, log)
+    return Program(PROGRAM.name, [str(n)], env, root, log)
 
 
 def lapse_schedule(period: float, timeout: float, rpc_timeout: float) -> float:
