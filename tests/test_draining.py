@@ -5,10 +5,7 @@ the notice when the machine is lost."""
 from __future__ import annotations
 
 import datetime
-import http.server
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 from channel_support import RemoteLikeSystem
+from imds_support import Metadata
 
 import bigactor
 from bigactor import MachineLost, State
@@ -124,57 +122,10 @@ async def test_an_async_callback_runs_as_a_task_of_the_cluster(
     assert done == [f"{m.addr} interruption"]
 
 
-class _Metadata:
-    """What the fake metadata service answers: a spot notice once ``action`` is set."""
-
-    def __init__(self) -> None:
-        self.action: str | None = None
-        self.tokens = 0
-
-
-@pytest.fixture
-def imds() -> Iterator[tuple[str, _Metadata]]:
-    """An IMDSv2 service on loopback: PUT for a token, then GETs that carry it."""
-    state = _Metadata()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _send(self, code: int, body: str = "") -> None:
-            payload = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def do_PUT(self) -> None:
-            state.tokens += 1
-            self._send(200, f"t{state.tokens}")
-
-        def do_GET(self) -> None:
-            if self.headers.get("X-aws-ec2-metadata-token") != f"t{state.tokens}":
-                self._send(401)
-            elif self.path == "/latest/meta-data/spot/instance-action" and state.action:
-                self._send(200, state.action)
-            else:
-                self._send(404)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_spot_interruption_on_a_remote_worker_reaches_the_driver(
-    tmp_path: Path, imds: tuple[str, _Metadata]
+    tmp_path: Path, imds: tuple[str, Metadata]
 ) -> None:
     """A real remote-style worker watching a metadata service passes its spot interruption
     notice on within a second of the notice appearing; when the instance then goes, the

@@ -5,73 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import http.server
-import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import trio
+from imds_support import Metadata
 
 from bigactor.systems.ec2 import IMDS, IMDSError, Interruption, watch_interruptions
 
 
-class _Metadata:
-    def __init__(self) -> None:
-        self.tokens: list[str] = []
-        self.ttls: list[str] = []
-        self.action: str | None = None
-        self.values = {"meta-data/instance-id": "i-0abc", "meta-data/local-ipv4": "10.1.2.3"}
-
-
-@pytest.fixture
-def imds() -> Iterator[tuple[str, _Metadata]]:
-    state = _Metadata()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _reply(self, code: int, body: str = "") -> None:
-            data = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_PUT(self) -> None:
-            ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
-            if self.path != "/latest/api/token" or ttl is None:
-                self._reply(400)
-                return
-            state.ttls.append(ttl)
-            state.tokens.append(f"token-{len(state.tokens)}")
-            self._reply(200, state.tokens[-1])
-
-        def do_GET(self) -> None:
-            if not state.tokens or self.headers.get("X-aws-ec2-metadata-token") != state.tokens[-1]:
-                self._reply(401)
-                return
-            path = self.path.removeprefix("/latest/")
-            if path == "meta-data/spot/instance-action" and state.action is not None:
-                self._reply(200, state.action)
-            elif path in state.values:
-                self._reply(200, state.values[path])
-            else:
-                self._reply(404, "Not Found")
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def test_identity_uses_one_token(imds: tuple[str, _Metadata]) -> None:
+def test_identity_uses_one_token(imds: tuple[str, Metadata]) -> None:
     """instance_id and local_ipv4 come with the token, asked for once with the TTL header."""
     url, state = imds
     client = IMDS(url)
@@ -81,7 +23,7 @@ def test_identity_uses_one_token(imds: tuple[str, _Metadata]) -> None:
     assert state.ttls == ["21600"]
 
 
-def test_rejected_token_is_renewed(imds: tuple[str, _Metadata]) -> None:
+def test_rejected_token_is_renewed(imds: tuple[str, Metadata]) -> None:
     """A 401 (the service forgot the token) gets a fresh token and one retry."""
     url, state = imds
     client = IMDS(url)
@@ -91,7 +33,7 @@ def test_rejected_token_is_renewed(imds: tuple[str, _Metadata]) -> None:
     assert state.tokens[-1] == "token-2"
 
 
-def test_spot_interruption_404_means_none(imds: tuple[str, _Metadata]) -> None:
+def test_spot_interruption_404_means_none(imds: tuple[str, Metadata]) -> None:
     """No notice is a 404; a notice gives its action and time."""
     url, state = imds
     client = IMDS(url)
@@ -102,7 +44,7 @@ def test_spot_interruption_404_means_none(imds: tuple[str, _Metadata]) -> None:
     )
 
 
-def test_missing_item_and_unreachable_service_raise(imds: tuple[str, _Metadata]) -> None:
+def test_missing_item_and_unreachable_service_raise(imds: tuple[str, Metadata]) -> None:
     """A required item that is missing, or a service that does not answer, is IMDSError."""
     url, state = imds
     del state.values["meta-data/local-ipv4"]
@@ -112,7 +54,7 @@ def test_missing_item_and_unreachable_service_raise(imds: tuple[str, _Metadata])
         IMDS("http://127.0.0.1:9", timeout=0.5).instance_id()
 
 
-async def test_watch_interruptions_yields_each_new_notice_once(imds: tuple[str, _Metadata]) -> None:
+async def test_watch_interruptions_yields_each_new_notice_once(imds: tuple[str, Metadata]) -> None:
     """The watcher yields a notice once however often it polls it, then the next one."""
     url, state = imds
     state.action = '{"action": "terminate", "time": "2026-01-02T03:04:05Z"}'
@@ -128,7 +70,7 @@ async def test_watch_interruptions_yields_each_new_notice_once(imds: tuple[str, 
     assert seen == ["terminate", "stop"]
 
 
-async def test_watch_interruptions_sees_a_notice(imds: tuple[str, _Metadata]) -> None:
+async def test_watch_interruptions_sees_a_notice(imds: tuple[str, Metadata]) -> None:
     """A notice posted while the watcher polls is yielded, once."""
     url, state = imds
     client = IMDS(url)

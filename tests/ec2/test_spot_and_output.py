@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ import pytest
 
 from .conftest import TIMINGS
 from .harness import FakeCloud
-from .test_ec2_system import Driver, cluster_ids, driver_env, wait_terminated
+from .test_ec2_system import cluster_ids, driver_env, run, wait_terminated
 
-__all__ = ["driver_env"]  # a fixture of test_ec2_system's, used here too
+__all__ = ["driver_env", "run"]  # fixtures of test_ec2_system's, used here too
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -49,22 +48,6 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("spot-output")
     shutil.copy(PROGRAM, root / "prog.py")
     return root
-
-
-@pytest.fixture
-def run(program: Path, driver_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    drivers: list[Driver] = []
-
-    def run(*argv: str, **env: str) -> Driver:
-        d = Driver(list(argv), {**driver_env, **env}, program, tmp_path / f"driver-{len(drivers)}.log")
-        drivers.append(d)
-        return d
-
-    yield run
-    for d in drivers:
-        if d.process.poll() is None:
-            d.process.kill()
-        d.finish(10)
 
 
 def utc_seconds(t: float) -> str:
