@@ -386,3 +386,37 @@ async def test_keepalives_keep_the_worker_past_its_boot_grace(
         assert not system.exited
         assert system.n() == 1
         assert await machine.call("svc.method") == 0
+
+
+async def test_a_machine_that_stops_mid_dial_fails_the_dialing_call_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A call that redials a broken connection while the machine stops raises MachineLost at
+    the stop, not after the dial's handshake timeout (a host that is gone never answers)."""
+    system = TestSystem(keepalive=SHORT)
+    async with bigactor.open_cluster(system) as cluster:
+        machine = await start_one(cluster, svc=Service())
+        [instance] = system._all
+        # From now on a dial reaches nobody: the machine's listener drops every connection
+        # unseen, so the websocket upgrade waits for an answer that never comes.
+        instance.listener.send.send_nowait = lambda stream: None
+        conn = machine._conn
+        assert conn is not None
+        conn.abort(bigactor.TransportError(machine.addr, "the connection broke"))
+        outcome: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await machine.call("svc.method")
+            except BaseException as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await trio.sleep(1)  # the call is dialing now
+            assert not outcome
+            t0 = trio.current_time()
+            machine.cancel()
+        assert since(t0) == 0
+        [error] = outcome
+        assert isinstance(error, MachineLost)
