@@ -411,6 +411,10 @@ CTRL_C = """
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def interrupted(
     tmp_path: Path, runner: str, *, via_shell: bool = False, env: dict[str, str] | None = None
 ) -> tuple[int, str, str, list[int]]:
@@ -436,6 +440,9 @@ async def interrupted(
             cwd=tmp_path,
             start_new_session=True,
             env={**os.environ, **(env or {})},
+            # As from a terminal: Ctrl-C's signal not ignored, even when this test runs as a
+            # background job (whose SIGINT a non-interactive shell ignores, and exec inherits).
+            preexec_fn=_default_sigint,
         )
     finally:
         os.close(stderr)
