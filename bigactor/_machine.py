@@ -53,7 +53,6 @@ from ._system import Instance, KeepaliveConfig
 
 log = logging.getLogger("bigactor")
 
-KEEPALIVE_NEXT = 300.0  # "keep me alive for 5 min from now", as bigmachine asks
 SHUTDOWN_GRACE = 5.0
 EXIT_RACE = 0.2
 EXIT_KNOWN = 5.0

@@ -48,13 +48,16 @@ import contextlib
 import hashlib
 import socket
 import ssl
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
 from .._errors import ProtocolError, TransportError
 from .._pki import Identity, client_context, load_identity, server_context
 from ._transport import Transport
+
+T = TypeVar("T")
 
 HANDSHAKE_TIMEOUT = 10.0
 RECORD = 16384  # the most plaintext one TLS record carries
@@ -249,17 +252,7 @@ class TLSStream(trio.abc.Stream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check()
-            sock = self._sock
-            waited = False
-            while True:
-                try:
-                    data: bytes = sock.recv(size)
-                    break
-                except _WANT as want:
-                    waited = True
-                    await self._wait(want, sending=False)
-                except (ssl.SSLError, OSError, ValueError) as exc:
-                    raise self._failed(exc) from exc
+            data, waited = await self._first_read(self._sock.recv, size)
             if len(data) < size and (len(data) == RECORD or self._readable()):
                 data = self._more(data, size)
             if not waited:
@@ -267,6 +260,19 @@ class TLSStream(trio.abc.Stream):
             return data
         finally:
             self._receiving = False
+
+    async def _first_read(self, read: Callable[[Any], T], arg: Any) -> tuple[T, bool]:
+        """``read(arg)`` once OpenSSL has something for it, waiting on the socket as OpenSSL
+        asks; the result and whether it waited (was a checkpoint)."""
+        waited = False
+        while True:
+            try:
+                return read(arg), waited
+            except _WANT as want:
+                waited = True
+                await self._wait(want, sending=False)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise self._failed(exc) from exc
 
     def _readable(self) -> bool:
         """Whether a read now finds bytes: decrypted in OpenSSL or unread in the kernel.
@@ -318,16 +324,7 @@ class TLSStream(trio.abc.Stream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return 0
             sock = self._sock
-            waited = False
-            while True:
-                try:
-                    got: int = sock.recv_into(view)
-                    break
-                except _WANT as want:
-                    waited = True
-                    await self._wait(want, sending=False)
-                except (ssl.SSLError, OSError, ValueError) as exc:
-                    raise self._failed(exc) from exc
+            got, waited = await self._first_read(sock.recv_into, view)
             last = got
             while got < n and (last == RECORD or self._readable()):
                 try:
