@@ -1,7 +1,7 @@
-"""Sync methods in worker threads: stopping one whose caller gave up, starting them in order,
-and the thread pool they run in (:func:`run_in_thread`).
+"""Sync methods in threads: stopping one whose caller gave up, starting them in order, and the
+threads that run them (:func:`run_in_thread`; an actor's own threads are in ``_server``).
 
-A sync actor method runs in a worker thread, where Trio cannot cancel it. When its caller
+A sync actor method runs in one of its actor's threads, where Trio cannot cancel it. When its caller
 gives up, :meth:`ThreadCall.cancel` raises :class:`MethodCancelled` inside that thread with
 ``PyThreadState_SetAsyncExc``; the interpreter raises it at the thread's next bytecode, as it
 raises ``KeyboardInterrupt`` in the main thread. C code is not interrupted: a ``time.sleep(30)``
@@ -231,16 +231,24 @@ _THREADS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("big
 
 
 async def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run blocking work in a worker thread (the default for sync methods).
+    """Run blocking work in a worker thread (constructors, hooks; the default ``RunSync``).
+
+    As an ``ActorTable``'s ``run_sync`` it means: each actor runs its sync methods on threads of
+    its own (``_server._ActorThreads``), not one ``to_thread`` call each.
 
     Not bounded by Trio's default of 40 threads per process: each actor's queue bounds its
     own threads (its ``max_concurrency``), and one actor's long methods must not hold up
     another actor's calls, or a spawn's constructor, on the same machine. Cancelling the
     caller waits for ``fn`` to return (it is never abandoned).
     """
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=thread_limiter())
+
+
+def thread_limiter() -> trio.CapacityLimiter:
+    """This run's limiter for bigactor's threads: unbounded (see :func:`run_in_thread`)."""
     try:
-        limiter = _THREADS.get()
+        return _THREADS.get()
     except LookupError:
         limiter = trio.CapacityLimiter(math.inf)
         _THREADS.set(limiter)
-    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
+        return limiter
