@@ -71,6 +71,10 @@ def run_worker(listen_fd: int, lifeline_fd: int) -> None:
     logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
     import trio
 
+    from . import _heap
+    from ._serve import serve_worker  # noqa: F401 - imported before the heap settles
+
+    _heap.settle()
     trio.run(_serve, config, listen_fd, lifeline_fd)
 
 

@@ -108,7 +108,9 @@ def main() -> None:
     import trio  # noqa: F401
 
     from .. import _cluster  # noqa: F401
-    from . import __main__, _supervisor  # noqa: F401
+    from . import __main__, _heap, _serve, _supervisor  # noqa: F401
+
+    _heap.settle()  # inherited by every worker it forks
 
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the driver is gone
         serve(ctrl)

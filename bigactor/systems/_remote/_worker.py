@@ -156,4 +156,7 @@ def run(handoff: Handoff) -> None:
     # The driver's Environ for this machine (the local system starts its process with it).
     os.environ.update(json.loads(config.extra.get("env", "{}")))
     logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
+    from ...supervisor import _heap, _serve  # noqa: F401 - imported before the heap settles
+
+    _heap.settle()
     trio.run(serve, handoff)
