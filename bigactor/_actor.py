@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _codec
 from ._errors import CallNotSent, MachineLost, TransportError
 from ._rpc._server import ASYNC_GEN, SYNC_GEN
 
@@ -172,8 +173,11 @@ class ActorHandle:
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             if self._repeat is None:
+                target = f"{self._name}.{method}"
                 try:
-                    return await self._resolve().call(f"{self._name}.{method}", *args, **kwargs)
+                    # Machine.call's body without its coroutine: one object fewer per call in
+                    # flight, for the garbage collector to walk.
+                    return await self._resolve()._invoke(_codec.encode_call(target, args, kwargs), target)
                 except MachineLost as exc:
                     ended = self._ended()
                     if ended is None:

@@ -19,6 +19,7 @@ calls whose frame never left the outbox (nothing of them reached the socket: saf
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -354,21 +355,33 @@ class Connection:
 
         Cancelling the caller sends CANCEL to the machine and re-raises ``trio.Cancelled``.
         """
+        call_id = self.submit(payload)
+        del payload  # sent or queued: nothing of it need wait here with the call
+        result: tuple[int, int, memoryview] = await trio.lowlevel.wait_task_rescheduled(
+            functools.partial(self.abandon, call_id)
+        )
+        return result
+
+    def submit(self, payload: Payload) -> int:
+        """Send a CALL whose REPLY or ERROR frame will reschedule the current task; its id.
+
+        The task must then wait in ``trio.lowlevel.wait_task_rescheduled`` with
+        ``functools.partial(conn.abandon, call_id)`` as the abort function, as :meth:`call`
+        does (a caller that does so itself saves a coroutine per call in flight).
+        """
         if self.error is not None:
             raise self._not_sent()
         call_id = self._next_id
         self._next_id += 1
-        task = trio.lowlevel.current_task()
-        self._pending[call_id] = task
+        self._pending[call_id] = trio.lowlevel.current_task()
         self.send_payload(Kind.CALL, call_id, payload)
+        return call_id
 
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            if self._pending.pop(call_id, None) is not None:
-                self.send(Kind.CANCEL, call_id)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        result: tuple[int, int, memoryview] = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
+    def abandon(self, call_id: int, _: Any) -> trio.lowlevel.Abort:
+        """The abort function of a call's wait: its caller was cancelled; tell the machine."""
+        if self._pending.pop(call_id, None) is not None:
+            self.send(Kind.CANCEL, call_id)
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def open_stream(self, payload: Payload) -> int:
         """Send a streaming CALL; read it with :meth:`next_item`; end with :meth:`close_stream`."""
