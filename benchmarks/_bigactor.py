@@ -30,6 +30,10 @@ class Echo:
         """Return the small int it was given (the no-op call)."""
         return x
 
+    def ping_sync(self, x: int) -> int:
+        """The no-op call as a plain ``def`` (run on the actor's thread), as Ray's benchmarks use."""
+        return x
+
     async def echo(self, data: bytes) -> bytes:
         """Return the payload it was given."""
         return data
@@ -47,9 +51,9 @@ class Echo:
 class Relay:
     """An actor that times its own sequential calls to another actor."""
 
-    async def time_calls(self, target: Any, n: int, warmup: int) -> list[float]:
-        """Call ``target.ping`` ``warmup`` + ``n`` times in a row; seconds per timed call."""
-        return await sequential(target.ping, n, warmup)
+    async def time_calls(self, target: Any, n: int, warmup: int, method: str = "ping") -> list[float]:
+        """Call ``target.<method>`` ``warmup`` + ``n`` times in a row; seconds per timed call."""
+        return await sequential(getattr(target, method), n, warmup)
 
 
 async def start_echo_machines(cluster: bigactor.Cluster, n: int) -> list[bigactor.Machine]:

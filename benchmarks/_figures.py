@@ -25,6 +25,12 @@ REFERENCE: dict[str, tuple[str, float, float, float]] = {
     "echo_64MiB": (">=", 500.0, 195.0, 200.0),  # MB/s
     "actor_to_actor": ("<=", 400.0, 1427.0, 2915.0),  # µs
     "kill": ("<=", 50.0, 19.0, 38.0),  # ms
+    # Sync methods (a plain ``def ping(x): return x``): the targets and peers of the second
+    # performance round, measured by the project the same way.
+    "sequential_sync": ("<=", 150.0, 1096.0, 859.0),  # µs
+    "pipelined_sync_1": (">=", 40_000.0, 3618.0, 1558.0),  # calls/s
+    "pipelined_sync_4": (">=", 40_000.0, 4185.0, 1026.0),  # calls/s
+    "actor_to_actor_sync": ("<=", 150.0, 1060.0, 957.0),  # µs
 }
 
 IDLE_WORKER_TARGET_MB = 50.0  # an idle worker, interpreter included

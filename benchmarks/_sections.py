@@ -80,29 +80,37 @@ async def _seq_floor_runs(bench: Bench, n: int, warmup: int) -> dict[str, list[f
     }
 
 
+#: the no-op method of each kind: (figure key suffix, method, how the title names it)
+KINDS = (("", "ping", "async method"), ("_sync", "ping_sync", "sync method (def)"))
+
+
 async def sequential_rtt(bench: Bench) -> Section:
-    """b. Sequential round trip of a no-op call with a small int."""
+    """b. Sequential round trip of a no-op call with a small int, to each kind of method."""
     o = bench.options
     [(_, h)] = await bench.echo_actors(1)
-    runs: dict[str, list[list[float]]] = {"tcp": [], "ws": [], "bigactor": []}
+    runs: dict[str, list[list[float]]] = {"tcp": [], "ws": [], "ping": [], "ping_sync": []}
     for _ in range(o.runs):
         for k, v in (await _seq_floor_runs(bench, o.seq_calls, o.seq_warmup)).items():
             runs[k].append(v)
-        runs["bigactor"].append(await sequential(lambda i: h.ping(i), o.seq_calls, o.seq_warmup))
+        for _, method, _ in KINDS:
+            runs[method].append(await sequential(getattr(h, method), o.seq_calls, o.seq_warmup))
     bench.notes["seq_floors"] = {k: _us(runs[k]) for k in ("tcp", "ws")}
-    figure = make_figure(
-        "sequential",
-        "b. sequential round trip, no-op call with a small int",
-        "µs",
-        "lower",
-        _us(runs["bigactor"]),
-        [(*TCP, bench.notes["seq_floors"]["tcp"]), (*WS, bench.notes["seq_floors"]["ws"])],
-    )
-    return {"sequential": figure}
+    floors = [(*TCP, bench.notes["seq_floors"]["tcp"]), (*WS, bench.notes["seq_floors"]["ws"])]
+    return {
+        f"sequential{suffix}": make_figure(
+            f"sequential{suffix}",
+            f"b. sequential round trip, no-op call with a small int, {kind}",
+            "µs",
+            "lower",
+            _us(runs[method]),
+            floors,
+        )
+        for suffix, method, kind in KINDS
+    }
 
 
 async def pipelined_calls(bench: Bench) -> Section:
-    """c. ``pipe_calls`` concurrent calls to one actor, and spread over several."""
+    """c. ``pipe_calls`` concurrent calls to one actor, and spread over several, per method kind."""
     o = bench.options
     n = o.pipe_calls
     out: Section = {}
@@ -110,25 +118,28 @@ async def pipelined_calls(bench: Bench) -> Section:
         tcp = await bench.tcp(k)
         ws = await bench.ws(k)
         handles = [h for _, h in await bench.echo_actors(k)]
-        calls = [(lambda i, h=h: h.ping(i)) for h in handles]
-        rates: dict[str, list[float]] = {"tcp": [], "ws": [], "bigactor": []}
+        calls = {method: [getattr(h, method) for h in handles] for _, method, _ in KINDS}
+        rates: dict[str, list[float]] = {"tcp": [], "ws": [], "ping": [], "ping_sync": []}
         for _ in range(o.runs):
             rates["tcp"].append(await with_mux(tcp, lambda c: pipelined(c, n)))
             rates["ws"].append(await with_mux(ws, lambda c: pipelined(c, n)))
-            rates["bigactor"].append(await pipelined(calls, n))
+            for method, each in calls.items():
+                rates[method].append(await pipelined(each, n))
         where = "one actor" if k == 1 else f"{k} actors on {k} machines"
         per = "" if k == 1 else f", {k} servers"
-        out[f"pipelined_{k}"] = make_figure(
-            f"pipelined_{k}",
-            f"c. pipelined: {n:,} concurrent calls, {where}",
-            "calls/s",
-            "higher",
-            summarize_values(rates["bigactor"]),
-            [
-                ("tcp", f"raw trio TCP, id-matched{per}", summarize_values(rates["tcp"])),
-                ("ws", f"trio-websocket, id-matched{per}", summarize_values(rates["ws"])),
-            ],
-        )
+        floors = [
+            ("tcp", f"raw trio TCP, id-matched{per}", summarize_values(rates["tcp"])),
+            ("ws", f"trio-websocket, id-matched{per}", summarize_values(rates["ws"])),
+        ]
+        for suffix, method, kind in KINDS:
+            out[f"pipelined{suffix}_{k}"] = make_figure(
+                f"pipelined{suffix}_{k}",
+                f"c. pipelined: {n:,} concurrent calls, {where}, {kind}",
+                "calls/s",
+                "higher",
+                summarize_values(rates[method]),
+                floors,
+            )
     return out
 
 
@@ -168,24 +179,27 @@ async def actor_to_actor(bench: Bench) -> Section:
     cluster = await bench.cluster()
     (_, target), (m1, _) = await bench.echo_actors(2)
     relay = await cluster.options(machine=m1).spawn(ba.Relay)
-    runs: list[list[float]] = []
+    runs: dict[str, list[list[float]]] = {"ping": [], "ping_sync": []}
     floor_runs: dict[str, list[list[float]]] = {"tcp": [], "ws": []}
     reuse = bench.notes.get("seq_floors")
     for _ in range(o.runs):
         if reuse is None:
             for k, v in (await _seq_floor_runs(bench, o.a2a_calls, o.seq_warmup)).items():
                 floor_runs[k].append(v)
-        runs.append(await relay.time_calls(target, o.a2a_calls, o.seq_warmup))
+        for method in runs:
+            runs[method].append(await relay.time_calls(target, o.a2a_calls, o.seq_warmup, method))
     floors = reuse or {k: _us(v) for k, v in floor_runs.items()}
-    figure = make_figure(
-        "actor_to_actor",
-        "e. actor -> actor sequential call (another machine)",
-        "µs",
-        "lower",
-        _us(runs),
-        [(*TCP, floors["tcp"]), (*WS, floors["ws"])],
-    )
-    return {"actor_to_actor": figure}
+    return {
+        f"actor_to_actor{suffix}": make_figure(
+            f"actor_to_actor{suffix}",
+            f"e. actor -> actor sequential call (another machine), {kind}",
+            "µs",
+            "lower",
+            _us(runs[method]),
+            [(*TCP, floors["tcp"]), (*WS, floors["ws"])],
+        )
+        for suffix, method, kind in KINDS
+    }
 
 
 async def kill(bench: Bench) -> Section:

@@ -55,7 +55,10 @@ def test_quick_run_writes_table_and_json(tmp_path: Path) -> None:
     assert positive(kill["bigactor"])
     assert positive(kill["floors"][0])
     assert kill["all_machine_lost"], kill["raised"]
-    assert set(doc["results"]) == {"sequential", "kill"}
+    sync = doc["results"]["sequential_sync"]  # the same call to a plain ``def`` method
+    assert positive(sync["bigactor"])
+    assert "sync method" in sync["title"]
+    assert set(doc["results"]) == {"sequential", "sequential_sync", "kill"}
 
 
 def test_unknown_section_is_refused() -> None:
