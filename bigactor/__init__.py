@@ -87,12 +87,12 @@ Security
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._actor import ActorHandle, Environ, Services, machine_of, name_of
 from ._cluster import Cluster, Spawner, current_cluster
 from ._contract import DiskInfo, Info, LoadInfo, MemInfo
-from ._debug import serve_debug
 from ._errors import (
     BigActorError,
     BigActorInternalError,
@@ -109,12 +109,19 @@ from ._errors import (
 )
 from ._gather import ActorPool, as_completed, gather
 from ._machine import Machine, Notice, RemoteStream, State
-from ._open import open_cluster
 from ._options import Restart, SpawnOptions
 from ._rpc import MethodCancelled, Transport, cancelled, idempotent
 from ._system import Instance, KeepaliveConfig, System
 from ._version import __version__
 from .supervisor import Context
+
+if TYPE_CHECKING:
+    from ._debug import serve_debug
+    from ._open import open_cluster
+
+#: public names loaded on first use: what only a driver needs (its systems, its status page),
+#: kept out of every worker's start (a worker imports this package before its own modules)
+_LAZY = {"open_cluster": "._open", "serve_debug": "._debug"}
 
 __all__ = [
     "ActorHandle",
@@ -201,14 +208,28 @@ def run(main: Any, *args: Any) -> Any:
         return trio.run(main, *args)
 
 
-def _fixup_module_metadata() -> None:
-    """Make public names report ``bigactor`` as their module (stable names in tracebacks and
-    in what the pickler writes, wherever the code lives)."""
-    for name in __all__:
-        obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith("bigactor."):
-            with contextlib.suppress(AttributeError, TypeError):
-                obj.__module__ = "bigactor"
+def _public(obj: Any) -> Any:
+    """Make a public name report ``bigactor`` as its module (stable names in tracebacks and in
+    what the pickler writes, wherever the code lives)."""
+    if getattr(obj, "__module__", "").startswith("bigactor."):
+        with contextlib.suppress(AttributeError, TypeError):
+            obj.__module__ = "bigactor"
+    return obj
 
 
-_fixup_module_metadata()
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bigactor' has no attribute {name!r}")
+    value = globals()[name] = _public(getattr(importlib.import_module(module, __name__), name))
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+for _name in __all__:
+    if _name not in _LAZY:
+        _public(globals()[_name])
+del _name

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import io
 import marshal
-import pstats
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
 
 from ._machine import Machine, State
+
+if TYPE_CHECKING:
+    import pstats
 
 T = TypeVar("T")
 ASK_TIMEOUT = 10.0
@@ -163,6 +165,8 @@ class _RawStats:
 
 def merge_pstats(parts: list[dict[Any, Any]]) -> pstats.Stats | None:
     """Merge the ``pstats`` dicts of several profiles into one ``pstats.Stats``."""
+    import pstats  # here: a profile is rare, and every worker imports this module
+
     merged: pstats.Stats | None = None
     for part in parts:
         if merged is None:

@@ -13,7 +13,6 @@ The machine itself is :func:`bigactor.supervisor.serve_worker` over the plain tr
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -79,6 +78,8 @@ def run_worker(listen_fd: int, lifeline_fd: int) -> None:
 
 
 def main() -> None:
+    import argparse  # here: forked workers never parse a command line
+
     parser = argparse.ArgumentParser(prog="python -m bigactor.supervisor")
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--lifeline-fd", type=int, required=True)

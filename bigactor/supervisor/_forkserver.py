@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import platform
 import random
 import selectors
 import signal
@@ -110,6 +111,10 @@ def main() -> None:
     from .. import _cluster  # noqa: F401
     from . import __main__, _heap, _serve, _supervisor  # noqa: F401
 
+    # What every worker's first answer (Supervisor.info) needs, worked out once here: the
+    # platform string runs `uname -p` in a subprocess, and the digest reads bigactor's sources.
+    platform.platform()
+    _supervisor.code_digest()
     _heap.settle()  # inherited by every worker it forks
 
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the driver is gone

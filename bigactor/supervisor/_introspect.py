@@ -9,8 +9,6 @@ the driver (``bigactor._status.merge_pstats``).
 
 from __future__ import annotations
 
-import cProfile
-import pstats
 import sys
 import threading
 import time
@@ -61,6 +59,9 @@ async def profile(seconds: float, hz: float = SAMPLE_HZ) -> dict[str, Any]:
     """
     async with _profiling:
         stop = threading.Event()
+        import cProfile  # here: every worker imports this module, few take a profile
+        import pstats
+
         profiler = cProfile.Profile()
         profiler.enable()
         try:

@@ -31,8 +31,6 @@ import trio
 from .. import _codec, _rpc, _version
 from .._contract import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo, WatchdogConfig
 from .._errors import CodecError, ServiceNotFound
-from .._pki import check_renewal, expires
-from .._rpc._tls import TLSTransport, parse_address
 from . import _introspect
 from ._capture import OutputCapture
 
@@ -327,6 +325,10 @@ class Worker:
         not signed by the cluster's CA, not valid now, for another key or does not name the
         host of this machine's address (``_pki.check_renewal``).
         """
+        # Imported here: cryptography is for machines on TLS, not for every worker's start.
+        from .._pki import check_renewal, expires
+        from .._rpc._tls import TLSTransport, parse_address
+
         transport = self.transport
         if not isinstance(transport, TLSTransport):
             raise ValueError(

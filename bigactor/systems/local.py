@@ -498,7 +498,17 @@ class LocalSystem(System):
         await nursery.start(self._guardian.run, self._instances)
 
     async def start(self, n: int, env: dict[str, str]) -> list[Instance]:
-        return [await self._start_one(env) for _ in range(n)]
+        # All at once: each waits for its fork (a round trip to the template) and sends its
+        # configuration; one at a time those add up with the cluster's size.
+        started: list[Instance | None] = [None] * n
+
+        async def one(i: int) -> None:
+            started[i] = await self._start_one(env)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+        return [inst for inst in started if inst is not None]
 
     async def _fork_server(self) -> _ForkServer | None:
         async with self._server_lock:
