@@ -26,6 +26,7 @@ from .._contract import WatchdogConfig, WorkerConfig
 from .._machine import Machine
 from .._system import Instance, KeepaliveConfig, System
 from ..supervisor import Worker, serve_worker
+from ._streams import stream_pair
 
 _system_ids = itertools.count(1)
 
@@ -65,7 +66,7 @@ class _TestMachine(Instance):
     async def open(self) -> trio.abc.Stream:
         if not self.alive:
             raise OSError(f"connection refused: test machine {self.addr} was killed")
-        client, server = trio.testing.memory_stream_pair()
+        client, server = stream_pair()
         self.listener.send.send_nowait(server)
         return client
 
