@@ -64,9 +64,9 @@ def select(machines: Sequence[Machine], addr: str | None) -> list[Machine]:
 
 
 async def _one_status(m: Machine) -> dict[str, Any]:
-    info = await m.info()
-    mem, disk, load = await m.mem_info(), await m.disk_info(), await m.load_info()
-    stats = await m.call("Supervisor.stats")
+    answer = await m.call("Supervisor.status")
+    info, mem, disk, load = answer["info"], answer["memory"], answer["disk"], answer["load"]
+    stats = answer
     return {
         "started": info.started,
         "uptime": time.time() - info.started,

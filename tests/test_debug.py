@@ -82,6 +82,22 @@ async def test_status_reports_each_machine_with_its_own_uptime_and_counters() ->
         assert entry["server"]["spinner.fail"]["bytes_in"] > 0
         assert entry["keepalive_reply_ms"]
         json.dumps(entry)  # plain data
+        # One question per machine (a thousand machines are asked at once): not five.
+        asked = [
+            name
+            for name in m.metrics.snapshot()
+            if name.startswith("Supervisor.") and "keepalive" not in name
+        ]
+        before = {name: m.metrics.snapshot()[name]["count"] for name in asked}
+        await cluster.status()
+        after = m.metrics.snapshot()
+        assert {
+            name: after[name]["count"] - before.get(name, 0)
+            for name in after
+            if name.startswith("Supervisor.")
+            and "keepalive" not in name
+            and after[name]["count"] != before.get(name, 0)
+        } == {"Supervisor.status": 1}
         m.cancel()
         [stopped] = await cluster.status()  # a stopped machine stays listed, with its cause
         assert stopped["addr"] == m.addr
