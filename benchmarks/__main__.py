@@ -24,8 +24,9 @@ from ._memory import status
 from ._report import environment, render, write_json
 from ._scaling import scaling
 from ._sections import SECTIONS
+from ._simulation import simulation
 
-ALL = [*SECTIONS, "scaling"]
+ALL = [*SECTIONS, "scaling", "simulation"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +77,7 @@ async def run(options: Options, sections: list[str], results: dict[str, Any], er
                     continue
                 t0 = time.perf_counter()
                 progress(f"benchmarks: {name} ...")
-                section = scaling if name == "scaling" else SECTIONS[name]
+                section = {"scaling": scaling, "simulation": simulation}.get(name) or SECTIONS[name]
                 try:
                     results.update(await section(bench))
                 except Exception as exc:

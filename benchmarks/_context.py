@@ -41,6 +41,8 @@ class Options:
     scale_pipe_calls: int = 10_000
     scale_pipe_calls_large: int = 5_000  # from 64 machines on: fewer calls (the costly step)
     scale_cold: int = 16
+    sim_sizes: tuple[int, ...] = (10, 100, 1000)  # section 6: simulated machines
+    sim_idle_seconds: float = 10.0
     array_bytes: int = 100_000_000  # the large numpy array of figures g and h
     codec_seconds: float = 0.2  # figure g: each measurement repeats for at least this long
     echo_seconds: float = 0.3  # figure h: each side calls for at least this long per run
@@ -61,6 +63,8 @@ class Options:
             scale_pipe_calls=2000,
             scale_pipe_calls_large=1000,
             scale_cold=4,
+            sim_sizes=(10, 100),
+            sim_idle_seconds=1.0,
             array_bytes=8_000_000,
             codec_seconds=0.02,
             echo_seconds=0.03,

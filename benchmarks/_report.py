@@ -218,6 +218,46 @@ def scaling_table(scaling: dict[str, Any]) -> str:
     return markdown(header, rows)
 
 
+def simulation_table(sim: dict[str, Any]) -> str:
+    """Start, answer, idle and status costs at each simulated size, with the 1,000-machine targets."""
+    t = sim["targets"]
+    rows = [
+        [
+            f"{s['machines']:,}",
+            fmt(s["start_s"], "s"),
+            fmt(s["answered_s"], "s"),
+            f"{s['idle_core'] * 100:.1f}%",
+            fmt(s["status_s"], "s"),
+            f"{s['status_reported']:,}",
+        ]
+        for s in sim["steps"]
+    ]
+    met = t["met"] or {}
+
+    def mark(key: str) -> str:
+        return "" if key not in met else " ✓" if met[key] else " ✗"
+
+    rows.append(
+        [
+            f"target at {t['at']:,}" + ("" if met else " (not run)"),
+            "",
+            f"≤ {t['answered_s']:g} s{mark('answered')}",
+            f"≤ {t['idle_core'] * 100:g}%{mark('idle')}",
+            f"≤ {t['status_s']:g} s{mark('status')}",
+            "",
+        ]
+    )
+    header = [
+        "simulated machines (test system, in this process)",
+        "start returns",
+        "every machine answered",
+        f"idle CPU, keepalive every {sim['keepalive_period_s'] / 2:g} s",
+        "cluster.status()",
+        "machines reported",
+    ]
+    return markdown(header, rows)
+
+
 def render(doc: dict[str, Any]) -> str:
     """The whole report as text (Markdown)."""
     env = doc["environment"]
@@ -246,6 +286,8 @@ def render(doc: dict[str, Any]) -> str:
     if "scaling" in res:
         lines += [markdown(FIGURE_HEADER, figure_rows(res["scaling"]["cold_start"])), ""]
         lines += [scaling_table(res["scaling"]), ""]
+    if "simulation" in res:
+        lines += [simulation_table(res["simulation"]), ""]
     for name, error in (doc.get("errors") or {}).items():
         lines.append(f"FAILED: {name}: {error}")
     log = doc.get("log") or []
