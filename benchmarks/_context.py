@@ -99,8 +99,17 @@ class Bench:
 
     async def _servers_of(self, kind: str, k: int) -> list[FloorServer]:
         servers = self._servers[kind]
-        while len(servers) < k:
-            servers.append(await FloorServer.start(kind, SERVER_LIFETIME))
+        missing = k - len(servers)
+        if missing > 0:
+            started: list[FloorServer] = []
+
+            async def one() -> None:
+                started.append(await FloorServer.start(kind, SERVER_LIFETIME))
+
+            async with trio.open_nursery() as nursery:  # all at once: 64 take seconds one by one
+                for _ in range(missing):
+                    nursery.start_soon(one)
+            servers += started
         return servers[:k]
 
     async def tcp(self, k: int = 1) -> list[TcpConn]:

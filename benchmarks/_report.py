@@ -190,19 +190,27 @@ def memory_table(mem: dict[str, Any]) -> str:
 
 
 def scaling_table(scaling: dict[str, Any]) -> str:
-    """Latency and throughput at each cluster size."""
+    """Latency and throughput at each cluster size, beside raw TCP over as many servers."""
     rows = []
     for s in scaling["steps"]:
         seq = s["sequential_us"]
         pipe = s["pipelined_calls_s"]
+        fseq = s.get("floor_sequential_us")
+        fpipe = s.get("floor_pipelined_calls_s")
         rows.append(
             [
                 str(s["machines"]),
                 fmt(s["grow_s"], "s"),
                 fmt(seq["median"], "µs"),
                 fmt(seq["p99"], "µs"),
+                ""
+                if fseq is None
+                else f"{fmt(fseq['median'], 'µs')} ({fmt(seq['median'] / fseq['median'], 'x')})",
                 fmt(pipe["median"], "calls/s"),
                 f"{fmt(pipe['min'], 'calls/s')} .. {fmt(pipe['max'], 'calls/s')}",
+                ""
+                if fpipe is None
+                else f"{fmt(fpipe['median'], 'calls/s')} ({fmt(fpipe['median'] / pipe['median'], 'x')})",
                 f"{s['pipelined_calls']:,}",
             ]
         )
@@ -211,8 +219,10 @@ def scaling_table(scaling: dict[str, Any]) -> str:
         "start (added to the cluster)",
         "sequential median (round-robin)",
         "p99",
+        "floor: raw TCP, as many servers (x floor)",
         "pipelined (spread)",
         "runs min..max",
+        "floor: raw TCP, as many servers (x floor)",
         "calls per run",
     ]
     return markdown(header, rows)
