@@ -262,7 +262,7 @@ def simulation_table(sim: dict[str, Any]) -> str:
         "start returns",
         "every machine answered",
         f"idle CPU, keepalive every {sim['keepalive_period_s'] / 2:g} s",
-        "cluster.status()",
+        "cluster.status(), median of 3",
         "machines reported",
     ]
     return markdown(header, rows)
