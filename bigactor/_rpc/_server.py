@@ -145,14 +145,15 @@ def _closed(name: str) -> Callable[[bool, Any], None]:
     return done
 
 
-def check_max_concurrency(instance: Any, max_concurrency: Any) -> int | None:
-    """``max_concurrency`` if it is None or an int >= 1; a ValueError naming the actor if not."""
+def check_max_concurrency(kind: str, max_concurrency: Any) -> int | None:
+    """``max_concurrency`` if it is None or an int >= 1; a ValueError naming the actor's
+    ``kind`` (its class's name) if not."""
     if max_concurrency is None or (
         isinstance(max_concurrency, int) and not isinstance(max_concurrency, bool) and max_concurrency >= 1
     ):
         return max_concurrency
     raise ValueError(
-        f"max_concurrency of a {type(instance).__name__} actor must be None or an int >= 1 "
+        f"max_concurrency of a {kind} actor must be None or an int >= 1 "
         f"(how many of its sync methods may run at once), not {max_concurrency!r}"
     )
 
@@ -172,8 +173,10 @@ class Actor:
     ) -> None:
         self.name = name
         self.instance = instance
-        self.methods = method_table(instance)
-        self.threads = check_max_concurrency(instance, max_concurrency) or 1
+        #: its public methods and their kinds (none until it has an instance: see ActorTable.spawn)
+        self.methods = method_table(instance) if instance is not None else {}
+        kind = type(instance).__name__ if instance is not None else name
+        self.threads = check_max_concurrency(kind, max_concurrency) or 1
         #: the cap on concurrent async methods (None: no cap)
         self.slots = trio.Semaphore(self.threads) if self.threads > 1 else None
         self._turnstile = Turnstile() if self.threads > 1 else None
@@ -411,6 +414,38 @@ class ActorTable:
         actor = Actor(name, instance, max_concurrency, self._run_sync)
         self.actors[name] = actor
         self._nursery.start_soon(actor.serve, name=f"actor {name}")
+        return actor
+
+    async def spawn(
+        self, name: str | None, cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        max_concurrency: int | None = None,
+    ) -> Actor:  # fmt: skip
+        """Construct ``cls(*args, **kwargs)`` on the new actor's own thread, then host it as
+        ``name`` (a fresh name if None; a taken one is a ValueError, before anything runs).
+
+        Its constructor, sync methods and sync ``shutdown()`` hook all run on that thread, as
+        a class that keeps thread-bound state (an ``sqlite3`` connection, thread-locals)
+        expects. A constructor that raises (or is cancelled) hosts nothing: the thread ends.
+        """
+        kind = getattr(cls, "__name__", type(cls).__name__)
+        check_max_concurrency(kind, max_concurrency)
+        if name is None:
+            self._counter += 1
+            name = f"{kind}-{self._counter}"
+        if name in self.actors:
+            raise ValueError(f"machine {self.addr} already hosts an actor named {name!r}")
+        actor = Actor(name, None, max_concurrency, self._run_sync)
+        self._nursery.start_soon(actor.serve, name=f"actor {name}")
+        try:
+            instance = await actor.run_sync(functools.partial(cls, *args, **kwargs))
+            if name in self.actors:  # taken while it was being constructed
+                raise ValueError(f"machine {self.addr} already hosts an actor named {name!r}")
+        except BaseException:
+            actor.close()
+            raise
+        actor.instance = instance
+        actor.methods = method_table(instance)
+        self.actors[name] = actor
         return actor
 
     def resolve(self, target: str) -> tuple[Actor, Callable[..., Any], str]:

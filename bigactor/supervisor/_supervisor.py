@@ -99,11 +99,10 @@ class Supervisor:
         kwargs: dict[str, Any],
         max_concurrency: int | None = None,
     ) -> tuple[str, dict[str, str]]:
-        """Construct ``cls(*args, **kwargs)`` here and host it; return its name and methods."""
-        if name is not None and name in self._worker.table.actors:
-            raise ValueError(f"machine {self._worker.addr} already hosts an actor named {name!r}")
-        instance = await self._worker.run_sync(cls, *args, **kwargs)
-        actor = await self._host(name, instance, max_concurrency)
+        """Construct ``cls(*args, **kwargs)`` here, on the actor's own thread (see
+        ``ActorTable.spawn``), and host it; return its name and methods."""
+        actor = await self._worker.table.spawn(name, cls, args, kwargs, max_concurrency)
+        await self._init(actor)
         return actor.name, actor.methods
 
     async def stop_actor(self, name: str, grace: float) -> int:
@@ -119,7 +118,7 @@ class Supervisor:
                     if inspect.iscoroutinefunction(inspect.unwrap(hook)):
                         await hook()
                     else:
-                        await self._worker.run_sync(hook)
+                        await actor.run_sync(hook)  # on its own thread, after queued calls
                 if scope.cancelled_caught:
                     log.warning("%s: %s.shutdown() took longer than %.1f s; stopped anyway",
                                 self._worker.addr, name, grace)  # fmt: skip
@@ -132,10 +131,15 @@ class Supervisor:
         """Make the connection this call came on this machine's way back to its driver."""
         self._worker.driver.attach(_rpc.current_connection.get())
 
-    async def _host(self, name: str | None, instance: Any, max_concurrency: int | None = None) -> _rpc.Actor:
+    async def _host(self, name: str, instance: Any) -> _rpc.Actor:
         """Host ``instance``; run its ``init(ctx)`` if it has one (a failed init hosts nothing)."""
-        actor = self._worker.table.add(name, instance, max_concurrency)
-        init = getattr(instance, "init", None)
+        actor = self._worker.table.add(name, instance)
+        await self._init(actor)
+        return actor
+
+    async def _init(self, actor: _rpc.Actor) -> None:
+        """Run the hosted actor's ``init(ctx)`` if it has one; if it fails, unhost the actor."""
+        init = getattr(actor.instance, "init", None)
         if init is not None:
             try:
                 result = init(self._worker.context())
@@ -145,7 +149,6 @@ class Supervisor:
                 self._worker.table.actors.pop(actor.name, None)
                 actor.close()
                 raise
-        return actor
 
     async def idempotent(self, target: str) -> bool:
         """Whether ``"actor.method"`` is marked ``@bigactor.idempotent`` (safe to re-send)."""
