@@ -111,6 +111,7 @@ from ._gather import ActorPool, as_completed, gather
 from ._machine import Machine, Notice, RemoteStream, State
 from ._options import Restart, SpawnOptions
 from ._rpc import MethodCancelled, Transport, cancelled, idempotent
+from ._shared import Shared
 from ._system import Instance, KeepaliveConfig, System
 from ._version import __version__
 from .supervisor import Context
@@ -152,6 +153,7 @@ __all__ = [
     "Restart",
     "ServiceNotFound",
     "Services",
+    "Shared",
     "SpawnOptions",
     "Spawner",
     "State",
