@@ -21,12 +21,13 @@ import trio
 
 from ._context import Bench, LogCollector, Options
 from ._memory import status
+from ._put import put
 from ._report import environment, render, write_json
 from ._scaling import scaling
 from ._sections import SECTIONS
 from ._simulation import simulation
 
-ALL = [*SECTIONS, "scaling", "simulation"]
+ALL = [*SECTIONS, "scaling", "simulation", "put"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +78,9 @@ async def run(options: Options, sections: list[str], results: dict[str, Any], er
                     continue
                 t0 = time.perf_counter()
                 progress(f"benchmarks: {name} ...")
-                section = {"scaling": scaling, "simulation": simulation}.get(name) or SECTIONS[name]
+                section = {"scaling": scaling, "simulation": simulation, "put": put}.get(name) or SECTIONS[
+                    name
+                ]
                 try:
                     results.update(await section(bench))
                 except Exception as exc:

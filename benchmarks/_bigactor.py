@@ -107,3 +107,20 @@ async def kill_pending(machine: bigactor.Machine) -> tuple[float, str]:
 def is_machine_lost(name: str) -> bool:
     """Whether an exception type name is bigactor's MachineLost (what a kill must raise)."""
     return name == bigactor.MachineLost.__name__
+
+
+class Model:
+    """An actor built around a large array (a model's weights), as in batch inference."""
+
+    def __init__(self, weights: Any) -> None:
+        self.weights = weights
+
+    def touch(self) -> float:
+        """Read every page of the weights, as inference would."""
+        return float(self.weights.sum())
+
+    def uss(self) -> int:
+        """This worker's unique memory (USS), in bytes."""
+        import psutil
+
+        return int(psutil.Process().memory_full_info().uss)

@@ -268,6 +268,27 @@ def simulation_table(sim: dict[str, Any]) -> str:
     return markdown(header, rows)
 
 
+def put_table(section: dict[str, Any]) -> str:
+    """One model to several actors, by value and through cluster.put."""
+    m = section["median"]
+    model = section["model_bytes"]
+    n = section["actors"]
+    rows = [
+        [
+            f"time until {n} actors are built, each given the model (median)",
+            fmt(m["value_s"], "s"),
+            f"{fmt(m['spawn_s'], 's')} (+ {fmt(m['put_s'], 's')} for the put, once)",
+        ],
+        [
+            f"memory the {n} workers gained, having read every page (USS)",
+            f"{fmt(m['value_bytes'], 'MB')} ({m['value_bytes'] / model:.2f}x the model)",
+            f"{fmt(m['shared_bytes'], 'MB')} ({m['shared_bytes'] / model:.2f}x the model), plus the"
+            " one shared copy" + (" ✓ stored once" if section["stored_once"] else " ✗ not stored once"),
+        ],
+    ]
+    return markdown([f"a {fmt(model, 'MB')} numpy model to {n} actors", "by value", "cluster.put"], rows)
+
+
 def render(doc: dict[str, Any]) -> str:
     """The whole report as text (Markdown)."""
     env = doc["environment"]
@@ -298,6 +319,8 @@ def render(doc: dict[str, Any]) -> str:
         lines += [scaling_table(res["scaling"]), ""]
     if "simulation" in res:
         lines += [simulation_table(res["simulation"]), ""]
+    if "put" in res:
+        lines += [put_table(res["put"]), ""]
     for name, error in (doc.get("errors") or {}).items():
         lines.append(f"FAILED: {name}: {error}")
     log = doc.get("log") or []
