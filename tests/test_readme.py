@@ -76,3 +76,9 @@ async def test_readme_actors_example_runs(tmp_path: Path) -> None:
         "",
     ]
     assert "worker shutting down" in err
+
+
+async def test_readme_put_example_runs(tmp_path: Path) -> None:
+    """The ``cluster.put`` example: four actors, one shared model, results in order."""
+    out, _ = await _run_block(tmp_path, "# put.py")
+    assert out.split("\n")[0] == "[1000000.0, 1000000.0, 1000000.0, 1000000.0]"
