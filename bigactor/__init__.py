@@ -47,15 +47,18 @@ Actors
     the actor's ``shutdown()`` hook and frees its machine. With ``restart=Restart(...)``, an
     actor whose machine dies is rebuilt on a new one and its handles follow it.
     ``gather``, ``as_completed`` and ``ActorPool`` run many calls and keep each result with
-    its call.
+    its call. ``await cluster.put(value)`` stores a large value once in this host's shared
+    memory; the :class:`Shared` it returns arrives as the value in calls and spawns on this
+    host (mapped, not copied), as Ray's ``ray.put``.
 
 Calls
     ``await handle.method(...)`` and ``await machine.call("service.method", ...)`` run the
     method on its machine. Async methods run concurrently on the machine's Trio loop; sync
-    methods run one at a time per actor in a worker thread, in the order each caller sent
-    them (``max_concurrency=N``: on N threads); generator methods stream (``async for x in
-    handle.numbers(10)``). Cancelling the caller cancels the remote method: a sync method gets
-    :class:`MethodCancelled` in its thread at its next bytecode (``cancelled()`` lets it look).
+    methods run one at a time per actor on the actor's own thread (where it was also
+    constructed), in the order each caller sent them (``max_concurrency=N``: on N threads);
+    generator methods stream (``async for x in handle.numbers(10)``). Cancelling the caller
+    cancels the remote method: a sync method gets :class:`MethodCancelled` in its thread at
+    its next bytecode (``cancelled()`` lets it look).
     Time limits are the caller's: ``with trio.fail_after(5)``.
 
 Failure model
