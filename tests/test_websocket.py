@@ -168,3 +168,38 @@ async def test_message_too_big_for_memory_fails_with_1009() -> None:
         await ws.get_message(limit=(1 << 63) - 1)
     answer = await ours.receive_some()
     assert close_code(answer) == 1009
+
+
+async def test_a_message_the_socket_takes_in_part_is_finished_in_order() -> None:
+    """The fast path writes a small message straight to the socket; when the socket takes
+    only part of it, the rest goes first on the next send, and the peer reads every message
+    whole and in order."""
+    import socket
+
+    a, b = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sender = WebSocket(trio.SocketStream(a), client=False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # _fast_paths asked for 4 MiB
+    receiver = WebSocket(trio.SocketStream(b), client=True)
+    messages = [bytes([i]) * 12_000 for i in range(40)]  # more than one of its chunks each
+    partial = False
+    async with trio.open_nursery() as nursery:
+
+        async def send_all_of_them() -> None:
+            nonlocal partial
+            for m in messages:
+                if sender.backlog:
+                    partial = True
+                    await sender.flush()
+                if not sender.try_send([m]):
+                    await sender.send_message(m)
+            if sender.backlog:
+                await sender.flush()
+
+        nursery.start_soon(send_all_of_them)
+        await trio.sleep(0.2)  # the sender fills the socket before anything is read
+        with trio.fail_after(10):
+            got = [bytes(await receiver.get_message()) for _ in messages]
+    a.close()
+    b.close()
+    assert got == messages
+    assert partial  # the socket did take a message in part

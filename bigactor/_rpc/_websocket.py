@@ -281,14 +281,17 @@ class WebSocket:
         n = sum(len(p) for p in pieces)
         if n > SMALL_SEND:
             return False
-        data = self._header(OP_BINARY, n) + b"".join(pieces)
-        if try_send is None:  # a socket
+        header = self._header(OP_BINARY, n)
+        if try_send is None:  # a socket: gathered by the kernel, no copy of the message here
             try:
-                sent = os.write(fd, data)
+                sent = os.writev(fd, [header, *pieces])
             except OSError:
                 return False  # would block, or broken: the async path waits or reports it
-        else:
-            sent = try_send(data)
+            if sent < n + len(header):
+                self._backlog = b"".join([header, *pieces])[sent:]
+            return True
+        data = b"".join([header, *pieces])
+        sent = try_send(data)
         if sent < len(data):
             self._backlog = data[sent:]
         return True
@@ -313,7 +316,7 @@ class WebSocket:
         async with self._send_lock:
             await self._send_backlog()
             if n <= SMALL_SEND:
-                await self._stream.send_all(header + b"".join(pieces))
+                await self._stream.send_all(b"".join([header, *pieces]))
                 return
             small = [header]
             for piece in pieces:
@@ -362,7 +365,10 @@ class WebSocket:
     def _take(self, n: int) -> bytes:
         start = self._pos
         self._pos = start + n
-        return bytes(self._buf[start : start + n])
+        # One copy (a bytearray slice would be one more); the view is gone before the buffer
+        # is next trimmed.
+        with memoryview(self._buf) as view:
+            return bytes(view[start : start + n])
 
     async def _fail(self, code: int, message: str) -> NoReturn:
         """Close the websocket with ``code`` (telling the peer ``message``); raise ProtocolError."""
