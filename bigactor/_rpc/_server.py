@@ -406,11 +406,7 @@ class ActorTable:
         ``max_concurrency`` (None or an int >= 1, else ValueError) is described on
         :class:`Actor`.
         """
-        if name is None:
-            self._counter += 1
-            name = f"{type(instance).__name__}-{self._counter}"
-        if name in self.actors:
-            raise ValueError(f"machine {self.addr} already hosts an actor named {name!r}")
+        name = self._name(name, type(instance).__name__)
         actor = Actor(name, instance, max_concurrency, self._run_sync)
         self.actors[name] = actor
         self._nursery.start_soon(actor.serve, name=f"actor {name}")
@@ -429,17 +425,12 @@ class ActorTable:
         """
         kind = getattr(cls, "__name__", type(cls).__name__)
         check_max_concurrency(kind, max_concurrency)
-        if name is None:
-            self._counter += 1
-            name = f"{kind}-{self._counter}"
-        if name in self.actors:
-            raise ValueError(f"machine {self.addr} already hosts an actor named {name!r}")
+        name = self._name(name, kind)
         actor = Actor(name, None, max_concurrency, self._run_sync)
         self._nursery.start_soon(actor.serve, name=f"actor {name}")
         try:
             instance = await actor.run_sync(functools.partial(cls, *args, **kwargs))
-            if name in self.actors:  # taken while it was being constructed
-                raise ValueError(f"machine {self.addr} already hosts an actor named {name!r}")
+            self._name(name, kind)  # not taken while it was being constructed
         except BaseException:
             actor.close()
             raise
@@ -447,6 +438,15 @@ class ActorTable:
         actor.methods = method_table(instance)
         self.actors[name] = actor
         return actor
+
+    def _name(self, name: str | None, kind: str) -> str:
+        """``name``, or a fresh one made from ``kind`` if None; ValueError if it is taken."""
+        if name is None:
+            self._counter += 1
+            name = f"{kind}-{self._counter}"
+        if name in self.actors:
+            raise ValueError(f"machine {self.addr} already hosts an actor named {name!r}")
+        return name
 
     def resolve(self, target: str) -> tuple[Actor, Callable[..., Any], str]:
         name, _, method = target.rpartition(".")
