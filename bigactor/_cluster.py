@@ -229,6 +229,9 @@ class Cluster:
         if self._closed:
             raise ClusterClosed("the cluster is closed")
         shared: Shared[T] = await trio.to_thread.run_sync(Shared.put, value)
+        # Those released already need no closing: a cluster that puts and releases for hours
+        # keeps only the live ones.
+        self._shared = [s for s in self._shared if not s.released]
         self._shared.append(shared)
         return shared
 

@@ -121,10 +121,6 @@ def load(pid: int, fd: int, size: int, boot: str) -> Any:
     return _codec.decode((payload, buffers), flags, "a shared value")
 
 
-def _resolve(pid: int, fd: int, size: int, boot: str) -> Any:
-    return load(pid, fd, size, boot)
-
-
 class Shared(Generic[T]):
     """A value put in this host's shared memory (see the module docstring): pass it to calls
     and spawns on this host, where it arrives as the value; read it here with :meth:`get`.
@@ -173,7 +169,7 @@ class Shared(Generic[T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         self._check()
-        return (_resolve, (self._pid, self._fd, self.nbytes, self._boot))
+        return (load, (self._pid, self._fd, self.nbytes, self._boot))
 
     def __repr__(self) -> str:
         state = "released" if self._fd < 0 else f"{self.nbytes:,} bytes"

@@ -64,9 +64,8 @@ def select(machines: Sequence[Machine], addr: str | None) -> list[Machine]:
 
 
 async def _one_status(m: Machine) -> dict[str, Any]:
-    answer = await m.call("Supervisor.status")
-    info, mem, disk, load = answer["info"], answer["memory"], answer["disk"], answer["load"]
-    stats = answer
+    stats = await m.call("Supervisor.status")
+    info, mem, disk, load = stats["info"], stats["memory"], stats["disk"], stats["load"]
     return {
         "started": info.started,
         "uptime": time.time() - info.started,
