@@ -1,6 +1,7 @@
 """The wire: authenticated websocket connections multiplexing calls (see each module)."""
 
 from ._auth import VersionMismatch, check_versions, versions
+from ._buffers import POOL as receive_buffers
 from ._connection import Connection, current_actor, current_connection
 from ._frames import Kind
 from ._link import Link
@@ -33,6 +34,7 @@ __all__ = [
     "is_idempotent",
     "method_kind",
     "method_table",
+    "receive_buffers",
     "run_in_thread",
     "serve_stream",
     "versions",

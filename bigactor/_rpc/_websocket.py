@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import os
-import platform
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import trio
 
 from .._errors import ProtocolError
+from . import _buffers
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADERS = 16 * 1024
@@ -168,39 +167,6 @@ async def server_upgrade(stream: trio.abc.Stream) -> WebSocket:
         b"Sec-WebSocket-Accept: " + _accept(key) + b"\r\n\r\n"
     )
     return WebSocket(stream, client=False, data=rest)
-
-
-def _new_bytes(n: int) -> tuple[bytes | bytearray, memoryview]:
-    """A new ``n``-byte object to receive into, and a writable view of it.
-
-    On CPython it is a ``bytes``: filled here before anyone else can see it, it then *is* the
-    value an out-of-band ``bytes`` argument or reply decodes to, with no copy (see
-    ``_codec._bytes_from``). Elsewhere it is a ``bytearray``, and decoding copies once.
-    """
-    if _bytes_from_size is not None:
-        whole: bytes = _bytes_from_size(None, n)
-        # ob_sval, the bytes' characters, end the object: they start one byte (the
-        # terminating NUL) before the end of bytes' fixed part.
-        start = id(whole) + bytes.__basicsize__ - 1
-        return whole, memoryview((ctypes.c_char * n).from_address(start)).cast("B")
-    buffer = bytearray(n)
-    return buffer, memoryview(buffer)
-
-
-def _bytes_allocator() -> Any:
-    if platform.python_implementation() != "CPython":
-        return None
-    fn = ctypes.pythonapi.PyBytes_FromStringAndSize
-    fn.restype = ctypes.py_object
-    fn.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-    # Check the layout assumption once: the characters sit where _new_bytes writes them.
-    probe = fn(b"bigactor", 8)
-    if ctypes.string_at(id(probe) + bytes.__basicsize__ - 1, 8) != b"bigactor":
-        return None
-    return fn
-
-
-_bytes_from_size = _bytes_allocator()
 
 
 def _fast_paths(stream: trio.abc.Stream) -> tuple[int, TrySend | None, RecvInto | None]:
@@ -376,13 +342,14 @@ class WebSocket:
         raise ProtocolError(message)
 
     async def _read_large(self, n: int, droppable: bool = False) -> memoryview:
-        """Read an ``n``-byte payload straight into a ``bytes`` object of its own.
+        """Read an ``n``-byte payload straight into a ``bytes`` object of its own (one the
+        process's pool may have received into before, see ``_buffers``).
 
         When there is no memory for it: a ``droppable`` message is read past and dropped
         (:class:`Unallocatable`), any other fails the connection (1009).
         """
         try:
-            whole, view = _new_bytes(n)
+            whole, view = _buffers.POOL.take(n)
         except (MemoryError, OverflowError):
             # Only a limit raised for an authenticated peer's announcement lets n get here.
             if droppable:

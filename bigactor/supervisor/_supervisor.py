@@ -321,6 +321,7 @@ class Worker:
 
     def keepalive(self, next: float) -> KeepaliveReply:
         self._deadline = trio.current_time() + next
+        _rpc.receive_buffers.trim()  # an idle worker gives back the large buffers it kept
         return KeepaliveReply(next, self.healthy)
 
     def notice(self, kind: str, message: str) -> None:
