@@ -18,6 +18,7 @@ import trio
 
 from . import _codec, _rpc, _status
 from ._actor import ActorHandle, Environ, Services, cluster_var
+from ._cpus import thread_defaults
 from ._errors import BigActorError, ClusterClosed, MachineLost, ServiceNotFound
 from ._machine import SHUTDOWN_GRACE, Machine, Notice, State
 from ._options import SpawnOptions
@@ -161,6 +162,7 @@ class Cluster:
         if n < 1:
             raise ValueError(f"cannot start {n} machines")
         blobs = {name: _codec.dumps(svc, f"service {name!r}") for name, svc in services.items()}
+        env = {**thread_defaults(self._system.capacity()[0]), **env}
         instances = await self._system.start(n, env)
         machines = []
         for inst in instances:

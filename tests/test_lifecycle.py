@@ -292,7 +292,7 @@ async def test_environ_reaches_the_machine(
     [machine] = await cluster.start(
         1, Environ(["A=1", "B=x=y"]), Services(svc=Service()), Environ({"A": "2", "C": "3"})
     )
-    assert test_system.environ(machine) == {"A": "2", "B": "x=y", "C": "3"}
+    assert test_system.environ(machine).items() >= {"A": "2", "B": "x=y", "C": "3"}.items()
 
 
 async def test_dial_of_a_known_address_returns_a_working_machine(
