@@ -438,7 +438,7 @@ async def test_workers_fork_from_a_template_unless_told_otherwise() -> None:
         fresh_parent = psutil.Process((await fresh.info()).pid).ppid()
         assert fresh_parent == os.getpid()
         assert forked_parent != os.getpid()
-        assert "bigactor.supervisor._forkserver" in " ".join(psutil.Process(forked_parent).cmdline())
+        assert "bigactor fork server" in " ".join(psutil.Process(forked_parent).cmdline())
     async with bigactor.open_cluster(forkserver=False) as cluster:
         [m] = await cluster.start(1, Services(echo=Echo()))
         assert psutil.Process((await m.info()).pid).ppid() == os.getpid()

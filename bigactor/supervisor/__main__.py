@@ -58,7 +58,9 @@ async def _serve(config: WorkerConfig, listen_fd: int, lifeline_fd: int) -> None
     sock = trio.socket.from_stdlib_socket(socket.socket(fileno=listen_fd))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lifeline)
-        await serve_worker(config, trio.SocketListener(sock), transport=_rpc.Transport(), exit=_exit)
+        await serve_worker(
+            config, trio.SocketListener(sock), transport=_rpc.Transport(), exit=_exit, process_title=True
+        )
 
 
 def run_worker(listen_fd: int, lifeline_fd: int) -> None:

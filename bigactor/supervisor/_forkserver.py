@@ -24,6 +24,8 @@ import socket
 import sys
 from typing import Any, NoReturn
 
+from .._title import helper_title, set_title
+
 
 def _child(ctrl: socket.socket, wake: int, request: dict[str, Any], fds: list[int]) -> NoReturn:
     code = 1
@@ -116,6 +118,7 @@ def main() -> None:
     platform.platform()
     _supervisor.code_digest()
     _heap.settle()  # inherited by every worker it forks
+    set_title(helper_title("fork server", os.getppid()))
 
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the driver is gone
         serve(ctrl)

@@ -31,6 +31,7 @@ async def serve_worker(
     run_sync: _rpc.RunSync = _rpc.run_in_thread,
     announce: Callable[[str], None] | None = None,
     capture_output: bool = False,
+    process_title: bool = False,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve a machine on ``listener`` until cancelled (never returns on its own).
@@ -47,7 +48,9 @@ async def serve_worker(
     until it is cancelled) and serves them to the driver over the connection
     (``Supervisor.output``; see ``_capture``): for a worker whose driver cannot read its
     output from a pipe, on another host, paired with ``Instance.output_over_channel`` on the
-    driver's side. Sync methods run through ``run_sync``. ``config.sys_path``, ``argv`` and
+    driver's side. With ``process_title`` (a process of the machine's own, not a test's loop),
+    ``ps`` shows the machine's address and actors (see ``bigactor._title``). Sync methods run
+    through ``run_sync``. ``config.sys_path``, ``argv`` and
     ``log_level`` concern the process and are the caller's to apply before the loop starts (see
     ``python -m bigactor.supervisor``). Cancelling it stops serving and closes every
     connection and actor of the machine.
@@ -72,6 +75,7 @@ async def serve_worker(
             driver=driver,
             transport=transport,
             output=output,
+            titled=process_title,
         )
         await nursery.start(worker.serve, listener)
         task_status.started(worker)

@@ -31,6 +31,7 @@ import trio
 from .. import _codec, _rpc, _version
 from .._contract import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo, WatchdogConfig
 from .._errors import CodecError, ServiceNotFound
+from .._title import set_title, worker_title
 from . import _introspect
 from ._capture import OutputCapture
 
@@ -103,6 +104,7 @@ class Supervisor:
         ``ActorTable.spawn``), and host it; return its name and methods."""
         actor = await self._worker.table.spawn(name, cls, args, kwargs, max_concurrency)
         await self._init(actor)
+        self._worker.retitle()
         return actor.name, actor.methods
 
     async def stop_actor(self, name: str, grace: float) -> int:
@@ -125,6 +127,7 @@ class Supervisor:
         finally:
             self._worker.table.actors.pop(name, None)
             actor.close()
+            self._worker.retitle()
         return len(self._worker.table.actors) - 1
 
     async def attach_driver(self) -> None:
@@ -135,6 +138,7 @@ class Supervisor:
         """Host ``instance``; run its ``init(ctx)`` if it has one (a failed init hosts nothing)."""
         actor = self._worker.table.add(name, instance)
         await self._init(actor)
+        self._worker.retitle()
         return actor
 
     async def _init(self, actor: _rpc.Actor) -> None:
@@ -276,6 +280,7 @@ class Worker:
         driver: _rpc.Link | None = None,
         transport: _rpc.Transport | None = None,
         output: OutputCapture | None = None,
+        titled: bool = False,
     ) -> None:
         if watchdog is None:
             watchdog = WatchdogConfig()
@@ -302,7 +307,14 @@ class Worker:
         #: the way back to the driver (attached by the driver's first call on a connection)
         self.driver = driver if driver is not None else _rpc.Link()
         self.table.add("Supervisor", Supervisor(self))
+        self._titled = titled
+        self.retitle()
         nursery.start_soon(self._watch, name=f"watchdog {addr}")
+
+    def retitle(self) -> None:
+        """Show this machine's address and actors as its process's title, if it owns one."""
+        if self._titled:
+            set_title(worker_title(self.addr, self.table.actors))
 
     def info(self) -> Info:
         return Info(

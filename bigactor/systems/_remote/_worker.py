@@ -125,7 +125,13 @@ async def serve_remote(
 
     async with trio.open_nursery() as nursery:
         start = functools.partial(
-            serve_worker, config, listener, transport=transport, exit=exit, capture_output=True
+            serve_worker,
+            config,
+            listener,
+            transport=transport,
+            exit=exit,
+            capture_output=True,
+            process_title=True,
         )
         worker = await nursery.start(start)
         imds = config.extra.get(IMDS_EXTRA)
