@@ -174,6 +174,7 @@ __all__ = [
     "open_cluster",
     "run",
     "serve_debug",
+    "take_flags",
 ]
 
 
@@ -181,8 +182,9 @@ def run(main: Any, *args: Any) -> Any:
     """Run ``main(*args)`` under Trio, after taking bigactor's own flags out of ``sys.argv``.
 
     ``--bigactor-system=NAME`` sets the default system (as ``BIGACTOR_SYSTEM`` does);
-    ``--bigactor-log-level=LEVEL`` configures ``logging`` for the driver. Other arguments are
-    left for the program (and its workers, which see the same ``sys.argv``).
+    ``--bigactor-log-level=LEVEL`` configures ``logging`` for the driver and its machines (see
+    :func:`take_flags`). Other arguments are left for the program (and its workers, which see
+    the same ``sys.argv``).
 
     Ctrl-C ends the program with the one line ``KeyboardInterrupt`` and the shell's status 130
     (Python ends it by SIGINT, as for any uncaught ``KeyboardInterrupt``), once every worker
@@ -191,13 +193,32 @@ def run(main: Any, *args: Any) -> Any:
     Python prints the interrupt's traceback (no ``ExceptionGroup``); ``bigactor.run`` prints
     the one line by wrapping ``sys.excepthook`` once, for its own interrupt only.
     """
-    import logging
-    import os
-    import sys
-
     import trio
 
     from ._open import interrupt_exits_quietly
+
+    take_flags()
+    with interrupt_exits_quietly():
+        return trio.run(main, *args)
+
+
+def take_flags() -> list[str]:
+    """Apply bigactor's own flags and take them out of ``sys.argv``; return what is left.
+
+    ``--bigactor-system=NAME`` sets the default system (as ``BIGACTOR_SYSTEM`` does), and
+    ``--bigactor-log-level=LEVEL`` configures ``logging`` for the driver, and so for its
+    machines (they take the driver's root level). :func:`run` calls it; a program that parses
+    its own flags first calls it before its parser, which then never sees bigactor's::
+
+        bigactor.take_flags()
+        args = parser.parse_args()
+        bigactor.run(main, args)
+
+    Taking them twice changes nothing: the second call finds none.
+    """
+    import logging
+    import os
+    import sys
 
     rest = [sys.argv[0]] if sys.argv else []
     for arg in sys.argv[1:]:
@@ -209,8 +230,7 @@ def run(main: Any, *args: Any) -> Any:
         else:
             rest.append(arg)
     sys.argv[:] = rest
-    with interrupt_exits_quietly():
-        return trio.run(main, *args)
+    return rest
 
 
 def _public(obj: Any) -> Any:

@@ -233,3 +233,10 @@ class KeepaliveReply:
 
     next: float
     healthy: bool
+
+
+def worker_log_level(configured: int | None) -> int:
+    """The ``logging`` level a machine's worker configures: the system's ``log_level`` when it
+    was set, else the driver's root logger's level when the machine starts (so an actor's
+    ``log.info`` shows wherever the driver's would)."""
+    return configured if configured is not None else logging.getLogger().getEffectiveLevel()

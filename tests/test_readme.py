@@ -46,12 +46,17 @@ async def test_readme_testing_example_passes(tmp_path: Path) -> None:
     assert "2 passed" in out
 
 
-async def _run_block(tmp_path: Path, marker: str) -> tuple[str, str]:
-    """Run the README's python block starting with ``marker`` as a script; its stdout, stderr."""
+async def _run_block(tmp_path: Path, marker: str, *args: str) -> tuple[str, str]:
+    """Run the README's python block starting with ``marker`` as a script with ``args``; its
+    stdout, stderr."""
     script = tmp_path / "example.py"
     script.write_text(_block(marker))
     done = await trio.run_process(
-        [sys.executable, str(script)], cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False
+        [sys.executable, str(script), *args],
+        cwd=tmp_path,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode(), done.stderr.decode()
@@ -82,3 +87,11 @@ async def test_readme_put_example_runs(tmp_path: Path) -> None:
     """The ``cluster.put`` example: four actors, one shared model, results in order."""
     out, _ = await _run_block(tmp_path, "# put.py")
     assert out.split("\n")[0] == "[1000000.0, 1000000.0, 1000000.0, 1000000.0]"
+
+
+async def test_readme_flags_example_logs_from_the_actor(tmp_path: Path) -> None:
+    """The logging example, run as its comment says: the program's flag reaches its parser,
+    bigactor's log level reaches the actor."""
+    out, err = await _run_block(tmp_path, "# flags.py", "--bigactor-log-level=info", "--times", "3")
+    assert out.split("\n")[0] == "hi hi hi "
+    assert "INFO app: talking 3 times" in err

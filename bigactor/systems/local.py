@@ -46,7 +46,7 @@ import attrs
 import psutil
 import trio
 
-from .._contract import WatchdogConfig, WorkerConfig
+from .._contract import WatchdogConfig, WorkerConfig, worker_log_level
 from .._output import LineSplitter
 from .._system import Instance, KeepaliveConfig, System
 from . import _guardian, _oom
@@ -459,7 +459,8 @@ class LocalSystem(System):
             GIL-holding call or a worker paused in a debugger.
         watchdog: when an unattended worker exits.
         python: the interpreter for workers (default: the driver's own).
-        log_level: the ``logging`` level configured in workers.
+        log_level: the ``logging`` level configured in workers (default: the driver's root
+            logger's level when each starts).
         forkserver: fork workers from a preloaded template (Linux); False starts each worker
             as a fresh interpreter.
 
@@ -471,7 +472,7 @@ class LocalSystem(System):
     keepalive: KeepaliveConfig = KeepaliveConfig(period=60.0, timeout=120.0, rpc_timeout=10.0)
     watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
     python: str = sys.executable
-    log_level: int = logging.WARNING
+    log_level: int | None = None
     boot_timeout: float = 60.0
     forkserver: bool = sys.platform == "linux"
     key: bytes = attrs.field(default=b"", init=False)
@@ -578,7 +579,7 @@ class LocalSystem(System):
             sys_path=[os.path.join(cwd, p) for p in sys.path],
             argv=sys.argv,
             watchdog=self.watchdog,
-            log_level=self.log_level,
+            log_level=worker_log_level(self.log_level),
         )
         # A worker that died at once cannot read it; its exit, when seen, says how.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):

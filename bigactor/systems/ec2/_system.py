@@ -58,7 +58,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..._contract import WatchdogConfig, WorkerConfig
+from ..._contract import WatchdogConfig, WorkerConfig, worker_log_level
 from ..._errors import MachineStartError
 from ..._pki import LEAF_DAYS, ClusterCA
 from ..._rpc import Transport
@@ -229,7 +229,8 @@ class EC2System(EC2Config, System):
         packages / exclude_packages: distributions to pin beside, or leave out of, what the
             program imports (``_remote.compute_pins``).
         watchdog: when an unattended worker exits; default: within the keepalive timeout.
-        log_level: the ``logging`` level configured in workers.
+        log_level: the ``logging`` level configured in workers (default: the driver's root
+            logger's level when each starts).
         poll_interval: seconds between DescribeInstances polls of the cluster's instances.
         progress: show the live launch progress on stderr (a log record per stage elsewhere).
         cert_days: life of the driver's and workers' TLS certificates, in days (fractions
@@ -248,7 +249,7 @@ class EC2System(EC2Config, System):
     packages: list[str] = attrs.field(factory=list)
     exclude_packages: list[str] = attrs.field(factory=list)
     watchdog: WatchdogConfig = attrs.field(default=attrs.Factory(_watchdog_for, takes_self=True))
-    log_level: int = logging.WARNING
+    log_level: int | None = None
     poll_interval: float = attrs.field(default=5.0, converter=_floats)
     progress: bool = True
     cert_days: float = attrs.field(default=LEAF_DAYS, converter=_floats)
@@ -474,7 +475,7 @@ class EC2System(EC2Config, System):
             sys_path=bundle.sys_path,
             argv=sys.argv,
             watchdog=self.watchdog,
-            log_level=self.log_level,
+            log_level=worker_log_level(self.log_level),
             extra=extra,
         )
 
