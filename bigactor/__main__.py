@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="how long (at most 60; default 30)")
     p.add_argument("--machine", help="profile only this machine")
     p.add_argument("--format", choices=["pstats", "collapsed", "text"], default="pstats")
+    p.add_argument(
+        "--kind",
+        choices=["sampled", "cprofile"],
+        default="sampled",
+        help="sampled: every thread, what used the CPU (default); cprofile: the Trio thread, exact",
+    )
     p.add_argument("-o", "--output", help="write here (default: bigactor-<time>.pstats, or stdout for text)")
     p = sub.add_parser("stacks", help="every machine's threads and Trio tasks")
     p.add_argument("url")
@@ -123,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "stacks":
         sys.stdout.write(_fetch(page_url(base, "stacks"), token, 30).decode())
     else:
-        url = page_url(base, "profile", seconds=args.seconds, machine=args.machine, format=args.format)
+        url = page_url(
+            base, "profile", seconds=args.seconds, machine=args.machine, format=args.format, kind=args.kind
+        )
         data = _fetch(url, token, args.seconds + 60)
         output = args.output
         if output is None and args.format == "pstats":

@@ -614,10 +614,21 @@ class Cluster:
             entry["lives"] = lives.get(entry["addr"], [])
         return entries
 
-    async def profile(self, seconds: float, machine: str | None = None) -> _status.Profile:
+    async def profile(
+        self, seconds: float, machine: str | None = None, kind: str = "sampled"
+    ) -> _status.Profile:
         """A CPU profile taken on every running machine (or only ``machine``) at once for
-        ``seconds``, merged. An address the cluster does not know is a LookupError."""
-        return await _status.profile(_status.select(self.machines(), machine), seconds)
+        ``seconds``, merged. An address the cluster does not know is a LookupError.
+
+        ``kind="sampled"`` (the default) samples every thread's stack 200 times a second and
+        keeps what was using the CPU: sync methods on their actors' threads show by name, idle
+        waiting does not. ``kind="cprofile"`` profiles the Trio thread (async methods) with
+        ``cProfile`` instead: exact call counts, but it slows that thread while it runs; the
+        flame graph (``collapsed_text``) stays sampled. Cancelling stops it on every machine.
+        """
+        if kind not in ("sampled", "cprofile"):
+            raise ValueError(f"no profile kind {kind!r}: use 'sampled' or 'cprofile'")
+        return await _status.profile(_status.select(self.machines(), machine), seconds, kind)
 
     async def stacks(self) -> dict[str, str]:
         """Every running machine's threads and Trio task tree, as text, by address."""

@@ -7,8 +7,9 @@ default:
   refreshes itself, with what its system says of it (instance id, type, market, zone, price)
   and the cluster's cost so far; the same as JSON with ``?format=json`` (a list of machines),
   as a plain text table with ``?format=text``.
-* ``/debug/bigactor/profile?seconds=N[&machine=ADDR][&format=pstats|collapsed|text]``: a CPU
-  profile taken on all running machines at once and merged: a pstats file (the default; open
+* ``/debug/bigactor/profile?seconds=N[&machine=ADDR][&format=pstats|collapsed|text]
+  [&kind=sampled|cprofile]``: a CPU profile taken on all running machines at once and merged
+  (``Cluster.profile``: sampled from every thread by default): a pstats file (the default; open
   it with ``pstats`` or snakeviz), collapsed stacks for flame graphs (flamegraph.pl,
   speedscope), or the top functions as text. An unknown ``machine`` is a 404, never a dial.
 * ``/debug/bigactor/stacks``: every machine's threads and Trio task tree, as text.
@@ -552,6 +553,9 @@ class _Server:
         fmt = arg.get("format", "pstats")
         if fmt not in ("pstats", "collapsed", "text"):
             return _text(400, "format must be pstats, collapsed or text\n")
+        kind = arg.get("kind", "sampled")
+        if kind not in ("sampled", "cprofile"):
+            return _text(400, "kind must be sampled or cprofile\n")
         if self._profile_ends is not None:
             left = math.ceil(max(0.0, self._profile_ends - trio.current_time()))
             return _text(
@@ -561,7 +565,7 @@ class _Server:
             )
         self._profile_ends = trio.current_time() + seconds
         try:
-            profile = await self.cluster.profile(seconds, machine=arg.get("machine"))
+            profile = await self.cluster.profile(seconds, machine=arg.get("machine"), kind=kind)
         except LookupError as exc:
             return _text(404, f"{exc.args[0]}\n")
         finally:
@@ -572,6 +576,8 @@ class _Server:
             return _text(200, profile.top(top))
         if fmt == "collapsed":
             return _text(200, profile.collapsed_text())
+        if not profile.stats:  # pstats cannot load an empty table: say why instead
+            return _text(404, profile.top())
         disposition = [("content-disposition", 'attachment; filename="bigactor.pstats"')]
         return 200, "application/octet-stream", profile.pstats_bytes(), disposition
 

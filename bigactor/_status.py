@@ -168,6 +168,8 @@ def merge_pstats(parts: list[dict[Any, Any]]) -> pstats.Stats | None:
 
     merged: pstats.Stats | None = None
     for part in parts:
+        if not part:
+            continue  # a machine that used no CPU (pstats refuses an empty table)
         if merged is None:
             merged = pstats.Stats(_RawStats(part))  # type: ignore[arg-type]
         else:
@@ -186,11 +188,16 @@ class Profile:
     collapsed: dict[str, int]
 
     def pstats(self) -> pstats.Stats:
-        """The merged profile as ``pstats.Stats``."""
+        """The merged profile as ``pstats.Stats``; LookupError if it holds nothing (no machine
+        used the CPU while it ran)."""
         merged = merge_pstats([self.stats]) if self.stats else None
         if merged is None:
-            raise LookupError("the profile is empty")
+            raise LookupError(self._empty())
         return merged
+
+    def _empty(self) -> str:
+        machines = f"{len(self.machines)} machine{'s' if len(self.machines) != 1 else ''}"
+        return f"the profile is empty: no thread of the {machines} used the CPU in {self.seconds:g} s"
 
     def pstats_bytes(self) -> bytes:
         """The merged profile in the pstats file format (``pstats.Stats(path)``, snakeviz)."""
@@ -201,7 +208,14 @@ class Profile:
         return "".join(f"{stack} {n}\n" for stack, n in sorted(self.collapsed.items()))
 
     def top(self, n: int = 30, sort: str = "cumulative") -> str:
-        """The ``n`` heaviest functions as text."""
+        """The ``n`` heaviest functions as text (a line saying so when the profile is empty).
+
+        In a sampled profile (the default kind) "ncalls" counts samples, and each thread
+        appears as a function of its own, ``<thread NAME>``: an actor's sync methods run on
+        ``<thread bigactor actor NAME>``, async ones on ``<thread MainThread>``.
+        """
+        if not self.stats:
+            return self._empty() + "\n"
         out = io.StringIO()
         stats = self.pstats()
         stats.stream = out  # type: ignore[attr-defined]
@@ -209,10 +223,10 @@ class Profile:
         return out.getvalue()
 
 
-async def profile(machines: Sequence[Machine], seconds: float) -> Profile:
+async def profile(machines: Sequence[Machine], seconds: float, kind: str = "sampled") -> Profile:
     """Profile ``machines`` at once for ``seconds`` and merge what they return."""
     answers, errors = await _gather(
-        machines, lambda m: m.call("Supervisor.profile", seconds), limit=seconds + ASK_TIMEOUT
+        machines, lambda m: m.call("Supervisor.profile", seconds, kind), limit=seconds + ASK_TIMEOUT
     )
     merged = merge_pstats([a["pstats"] for a in answers.values()])
     collapsed: Counter[str] = Counter()

@@ -52,8 +52,16 @@ class Spinner:
 async def _busy(handles: list[bigactor.ActorHandle], stop: trio.Event) -> None:
     while not stop.is_set():
         for h in handles:
-            await h.spin_async_only_on_worker(20_000)
+            await h.spin_async_only_on_worker(200_000)
             await h.spin_sync_only_on_worker(300_000)
+
+
+EMPTY = "the profile is empty: no thread of the 1 machine used the CPU in {seconds:g} s\n"
+
+
+async def _spin_until_cancelled(m: bigactor.Machine) -> None:
+    while True:
+        await m.call("spinner.spin_sync_only_on_worker", 300_000)
 
 
 async def test_status_reports_each_machine_with_its_own_uptime_and_counters() -> None:
@@ -106,7 +114,9 @@ async def test_status_reports_each_machine_with_its_own_uptime_and_counters() ->
 
 
 async def test_merged_profile_holds_frames_that_ran_only_on_workers(tmp_path: Path) -> None:
-    """A profile taken on two machines at once merges both, with their workers' own functions."""
+    """A profile taken on two machines at once merges both: the sync method burning CPU on its
+    actor's thread shows by name in top(), the pstats download and the flame graph, with the
+    thread it ran on; the idle wait of the Trio loop does not."""
     async with bigactor.open_cluster() as cluster:
         ms = await cluster.start(2, Services(spinner=Spinner()))
         handles = [await cluster.options(machine=m).spawn(Spinner) for m in ms]
@@ -118,16 +128,52 @@ async def test_merged_profile_holds_frames_that_ran_only_on_workers(tmp_path: Pa
         assert set(profile.machines) == {m.addr for m in ms}
         assert profile.errors == {}
         names = {func for (_, _, func) in profile.stats}
-        assert "spin_async_only_on_worker" in names  # cProfile of the worker's Trio thread
+        assert "spin_sync_only_on_worker" in names
+        assert "spin_async_only_on_worker" in names
+        assert any(name.startswith("<thread bigactor actor Spinner") for name in names)
+        assert "poll" not in names  # waiting is not CPU
         collapsed = profile.collapsed_text()
-        assert "spin_sync_only_on_worker" in collapsed  # the sampler sees worker threads too
+        assert "spin_sync_only_on_worker" in collapsed
         path = tmp_path / "out.pstats"
         path.write_bytes(profile.pstats_bytes())
         loaded = pstats.Stats(str(path))
-        assert any(func == "spin_async_only_on_worker" for (_, _, func) in loaded.stats)  # type: ignore[attr-defined]
-        assert "spin_async_only_on_worker" in profile.top(50)
+        assert any(func == "spin_sync_only_on_worker" for (_, _, func) in loaded.stats)  # type: ignore[attr-defined]
+        top = profile.top(50)
+        assert "spin_sync_only_on_worker" in top
+        assert "{thread bigactor actor Spinner" in top  # how pstats prints a thread
         with pytest.raises(LookupError):
             await cluster.profile(0.1, machine="unix:/not/a/machine")
+
+
+async def test_cprofile_kind_traces_the_trio_thread() -> None:
+    """kind="cprofile" gives cProfile's exact table of the Trio thread (async methods, with
+    their real call counts); the flame graph still samples every thread."""
+    async with bigactor.open_cluster() as cluster:
+        h = await cluster.spawn(Spinner)
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_busy, [h], stop)
+            profile = await cluster.profile(1.0, kind="cprofile")
+            stop.set()
+        calls = {func: entry[1] for (_, _, func), entry in profile.stats.items()}
+        assert calls.get("spin_async_only_on_worker", 0) >= 1
+        assert not any(func.startswith("<thread ") for func in calls)  # cProfile's own table
+        assert "spin_sync_only_on_worker" in profile.collapsed_text()
+        with pytest.raises(ValueError, match="no profile kind 'gprof'"):
+            await cluster.profile(0.1, kind="gprof")
+
+
+async def test_profile_of_an_idle_machine_says_it_is_empty() -> None:
+    """A machine that only waits shows no samples: top() says so in a line, pstats() raises
+    LookupError saying why, and nothing claims epoll as the hot spot."""
+    async with bigactor.open_cluster() as cluster:
+        await cluster.spawn(Spinner)
+        profile = await cluster.profile(0.5)
+        assert profile.machines
+        assert "poll" not in profile.collapsed_text()
+        assert profile.top() == EMPTY.format(seconds=0.5)
+        with pytest.raises(LookupError, match="no thread of the 1 machine used the CPU"):
+            profile.pstats()
 
 
 Response = tuple[int, dict[str, str], bytes]
@@ -203,15 +249,23 @@ async def test_debug_pages_over_http(tmp_path: Path) -> None:
         assert "trio tasks:" in body.decode()
         assert m.addr in body.decode()
 
-        status, headers, body = await get(page_url(url, "profile", seconds=0.3))
-        assert (status, headers["content-type"]) == (200, "application/octet-stream")
-        (tmp_path / "p.pstats").write_bytes(body)
-        pstats.Stats(str(tmp_path / "p.pstats"))
-        status, _, body = await get(page_url(url, "profile", seconds=0.2, format="collapsed"))
-        assert status == 200
-        assert body.count(b"\n") >= 1
-        status, _, body = await get(page_url(url, "profile", seconds=0.2, format="text"))
-        assert b"function calls" in body
+        status, _, body = await get(page_url(url, "profile", seconds=0.2))
+        assert (status, body) == (404, EMPTY.format(seconds=0.2).encode())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_spin_until_cancelled, m)
+            status, headers, body = await get(page_url(url, "profile", seconds=0.3))
+            assert (status, headers["content-type"]) == (200, "application/octet-stream")
+            (tmp_path / "p.pstats").write_bytes(body)
+            pstats.Stats(str(tmp_path / "p.pstats"))
+            status, _, body = await get(page_url(url, "profile", seconds=0.2, format="collapsed"))
+            assert status == 200
+            assert b"spin_sync_only_on_worker" in body
+            status, _, body = await get(page_url(url, "profile", seconds=0.2, format="text"))
+            assert b"spin_sync_only_on_worker" in body
+            status, _, body = await get(page_url(url, "profile", seconds=0.2, format="text", kind="cprofile"))
+            assert b"function calls" in body
+            assert (await get(page_url(url, "profile", seconds=0.1, kind="perf")))[0] == 400
+            nursery.cancel_scope.cancel()
 
         before = cluster.machines()
         status, _, body = await get(page_url(url, "profile", seconds=1, machine="unix:/not/known"))
@@ -440,7 +494,9 @@ async def test_second_profile_through_the_server_is_refused_while_one_runs() -> 
         first: list[Response] = []
 
         async def profile_for(seconds: float) -> None:
-            first.append(await get(page_url(cluster.debug_url or "", "profile", seconds=seconds)))
+            first.append(
+                await get(page_url(cluster.debug_url or "", "profile", seconds=seconds, format="text"))
+            )
 
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
@@ -449,7 +505,8 @@ async def test_second_profile_through_the_server_is_refused_while_one_runs() -> 
                 status, _, body = await get(page_url(cluster.debug_url, "profile", seconds=0.1))
                 assert status == 409
                 assert b"already running" in body
-        assert first[0][0] == 200
+        assert first[0][0] == 200  # the first one ran to its end (on an idle machine: empty)
+        assert first[0][2] == EMPTY.format(seconds=2).encode()
 
 
 async def test_profile_stops_when_its_client_leaves() -> None:
@@ -470,7 +527,7 @@ async def test_profile_stops_when_its_client_leaves() -> None:
                 if status != 409:
                     break
                 await trio.sleep(0.05)
-        assert status == 200, body
+        assert (status, body) == (404, EMPTY.format(seconds=0.3).encode())  # it ran, idle
 
 
 async def test_cancelled_profile_frees_the_machine_at_once() -> None:
@@ -510,8 +567,11 @@ async def test_command_line_prints_status_and_writes_profiles(tmp_path: Path) ->
         assert header.split()[:3] == ["MACHINE", "STATE", "UPTIME"]
         assert row.split()[:2] == [m.addr, "RUNNING"]
         out = tmp_path / "cli.pstats"
-        await cli("profile", url, "--seconds", "0.3", "-o", str(out))
-        pstats.Stats(str(out))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_spin_until_cancelled, m)
+            await cli("profile", url, "--seconds", "0.3", "-o", str(out))
+            nursery.cancel_scope.cancel()
+        assert any(func == "spin_sync_only_on_worker" for (_, _, func) in pstats.Stats(str(out)).stats)  # type: ignore[attr-defined]
         # a URL without its token takes it from --token or the environment
         assert "trio tasks:" in (await cli("stacks", _bare(url), f"--token={_token(url)}")).stdout.decode()
         env = {"BIGACTOR_DEBUG_TOKEN": _token(url)}

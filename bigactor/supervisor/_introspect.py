@@ -1,10 +1,16 @@
 """What a machine can tell about itself while it runs: CPU profiles, stacks, counters.
 
-Profiles come two ways, taken together over the same seconds: ``cProfile`` on the Trio thread
-(exact call counts and times, for ``pstats`` and its viewers) and a sampler of every thread's
-stack (``sys._current_frames``, for flame graphs in the collapsed-stack format, and the only
-view of sync methods running in worker threads). Both merge across machines by addition, on
-the driver (``bigactor._status.merge_pstats``).
+A profile samples every thread's stack (``sys._current_frames``) ``SAMPLE_HZ`` times a second
+and keeps the samples of threads that were using the CPU: a thread's CPU clock
+(``time.pthread_getcpuclockid``) must have moved in the moment before (see ``_sample``). So the
+sync methods that burn CPU on their actors' threads show by name, and a Trio loop waiting in
+``epoll`` or an idle actor thread waiting for work shows nothing (unless it went idle within
+that moment). From the samples come both views: a pstats-compatible table (each function's own
+and cumulative time; its "calls" count samples) and collapsed stacks for flame graphs.
+``kind="cprofile"`` profiles the Trio thread with ``cProfile`` instead of the sampled table
+(exact call counts and times, for async code, at the price of slowing it); the flame graph
+stays sampled. Both merge across machines by addition, on the driver
+(``bigactor._status.merge_pstats``).
 """
 
 from __future__ import annotations
@@ -20,60 +26,145 @@ from typing import Any
 import trio
 
 SAMPLE_HZ = 200
+#: seconds before each sample over which a thread's CPU use is measured
+WINDOW = 0.001
+#: the share of that window a thread must have run for its stack to count
+BUSY = 0.2
+KINDS = ("sampled", "cprofile")
+
+Function = tuple[str, int, str]  # pstats' key: file, first line, name
+Stack = tuple[tuple[str, int, str, int], ...]  # root first: file, first line, name, line
 
 
-def _collapse(frame: FrameType | None, thread: str) -> str:
-    names = []
+def _stack(frame: FrameType | None) -> Stack:
+    out = []
     while frame is not None:
         code = frame.f_code
-        names.append(f"{code.co_name} ({code.co_filename}:{frame.f_lineno})")
+        out.append((code.co_filename, code.co_firstlineno, code.co_name, frame.f_lineno))
         frame = frame.f_back
-    names.append(thread)
-    return ";".join(reversed(names))
+    return tuple(reversed(out))
 
 
-def _sample(seconds: float, hz: float, stop: threading.Event) -> Counter[str]:
-    """Sample every thread's stack ``hz`` times a second until ``seconds`` pass or ``stop`` is
-    set (runs in a worker thread)."""
-    counts: Counter[str] = Counter()
+def _cpu_clock(ident: int) -> float | None:
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, OverflowError):  # the thread is gone
+        return None
+
+
+def _sample(seconds: float, hz: float, stop: threading.Event) -> Counter[tuple[str, Stack]]:
+    """Every ``1/hz`` s until ``seconds`` pass or ``stop`` is set, the stacks of the threads
+    that used the CPU just before, by thread name (runs in a thread of its own, left out).
+
+    A thread counts when it ran for ``BUSY`` of a short window that ends as its stack is read.
+    The window, not the whole period, so that a thread that has just gone idle (an actor's
+    thread back to waiting for calls, the Trio loop back in ``epoll``) is not charged for
+    the work it finished earlier in the period. The sampler sleeps through the window, so a
+    thread running Python gets the GIL back and its clock moves.
+    """
+    counts: Counter[tuple[str, Stack]] = Counter()
     me = threading.get_ident()
-    names = {t.ident: t.name for t in threading.enumerate()}
+    window = min(WINDOW, 1 / hz)
+    names: dict[int, str] = {}
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while True:
+        before = {ident: _cpu_clock(ident) for ident in sys._current_frames() if ident != me}
+        if stop.wait(window):
+            return counts
         for ident, frame in sys._current_frames().items():
-            if ident != me:
-                counts[_collapse(frame, names.get(ident, f"thread {ident}"))] += 1
-        if stop.wait(1 / hz):
-            break
-    return counts
+            start = before.get(ident)
+            clock = _cpu_clock(ident)
+            if start is None or clock is None or clock - start < BUSY * window:
+                continue
+            name = names.get(ident)
+            if name is None:
+                names.update((t.ident, t.name) for t in threading.enumerate() if t.ident)
+                name = names.setdefault(ident, f"thread {ident}")
+            counts[(name, _stack(frame))] += 1
+        if time.monotonic() >= end or stop.wait(1 / hz - window):
+            return counts
+
+
+def _collapsed(samples: Counter[tuple[str, Stack]]) -> dict[str, int]:
+    """Flame-graph lines: ``thread;frame;frame`` (root first) with their sample counts."""
+    out: Counter[str] = Counter()
+    for (thread, stack), n in samples.items():
+        frames = (f"{name} ({file}:{line})" for file, _, name, line in stack)
+        out[";".join((thread, *frames))] += n
+    return dict(out)
+
+
+def _table(samples: Counter[tuple[str, Stack]], hz: float) -> dict[Function, Any]:
+    """The samples as a pstats table: per function ``(cc, nc, tt, ct, callers)``, where the
+    counts are samples and the times are samples over ``hz``. Each thread is a root function
+    of its own (``<thread NAME>``), so the table also says which thread spent the time."""
+    period = 1 / hz
+    table: dict[Function, list[Any]] = {}
+
+    def entry(fn: Function) -> list[Any]:
+        found = table.get(fn)
+        if found is None:
+            found = table[fn] = [0, 0, 0.0, 0.0, {}]
+        return found
+
+    for (thread, stack), n in samples.items():
+        chain: list[Function] = [("~", 0, f"<thread {thread}>")]
+        chain += [(file, first, name) for file, first, name, _ in stack]
+        seen: set[Function] = set()
+        edges: set[tuple[Function, Function]] = set()
+        for i, fn in enumerate(chain):
+            e = entry(fn)
+            leaf = i == len(chain) - 1
+            if leaf:
+                e[2] += n * period
+            if fn not in seen:  # a recursive function counts once per sample
+                seen.add(fn)
+                e[0] += n
+                e[1] += n
+                e[3] += n * period
+            if i and (chain[i - 1], fn) not in edges:
+                edges.add((chain[i - 1], fn))
+                cc, nc, tt, ct = e[4].get(chain[i - 1], (0, 0, 0.0, 0.0))
+                e[4][chain[i - 1]] = (cc + n, nc + n, tt + (n * period if leaf else 0.0), ct + n * period)
+    return {fn: tuple(e) for fn, e in table.items()}
 
 
 _profiling = trio.Lock()
 
 
-async def profile(seconds: float, hz: float = SAMPLE_HZ) -> dict[str, Any]:
-    """Profile this process for ``seconds``: ``{"pstats": stats dict, "collapsed": {stack: n}}``.
+async def profile(seconds: float, hz: float = SAMPLE_HZ, kind: str = "sampled") -> dict[str, Any]:
+    """Profile this process for ``seconds``: ``{"pstats": stats dict, "collapsed": {stack: n},
+    "kind": kind}`` (see the module docstring for the kinds).
 
     One profile at a time per process; a second one waits for the first. Cancelling stops it
     at once: nothing is returned, and the next profile may start right away.
     """
+    if kind not in KINDS:
+        raise ValueError(f"no profile kind {kind!r}: use one of {', '.join(KINDS)}")
     async with _profiling:
         stop = threading.Event()
-        import cProfile  # here: every worker imports this module, few take a profile
-        import pstats
+        profiler = None
+        if kind == "cprofile":
+            import cProfile  # here: every worker imports this module, few take a profile
 
-        profiler = cProfile.Profile()
-        profiler.enable()
+            profiler = cProfile.Profile()
+            profiler.enable()
         try:
-            # The sampler only reads frames and has no side effects, so a cancel abandons its
-            # thread rather than waiting out the seconds; `stop` (set below) ends that thread
-            # within one sample period, and nobody reads what it counted.
-            collapsed = await trio.to_thread.run_sync(_sample, seconds, hz, stop, abandon_on_cancel=True)
+            # The sampler only reads frames and clocks and has no side effects, so a cancel
+            # abandons its thread rather than waiting out the seconds; `stop` (set below) ends
+            # that thread within one sample period, and nobody reads what it counted.
+            samples = await trio.to_thread.run_sync(_sample, seconds, hz, stop, abandon_on_cancel=True)
         finally:
             stop.set()
-            profiler.disable()
-        stats = pstats.Stats(profiler)
-        return {"pstats": stats.stats, "collapsed": dict(collapsed)}  # type: ignore[attr-defined]
+            if profiler is not None:
+                profiler.disable()
+        if profiler is not None:
+            import pstats
+
+            table = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+        else:
+            table = _table(samples, hz)
+        return {"pstats": table, "collapsed": _collapsed(samples), "kind": kind}
 
 
 def memory_report(top: int = 15) -> str:

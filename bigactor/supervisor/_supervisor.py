@@ -182,9 +182,9 @@ class Supervisor:
             },
         }
 
-    async def profile(self, seconds: float) -> dict[str, Any]:
+    async def profile(self, seconds: float, kind: str = "sampled") -> dict[str, Any]:
         """A CPU profile of this machine over ``seconds`` (see ``_introspect.profile``)."""
-        return await _introspect.profile(seconds)
+        return await _introspect.profile(seconds, kind=kind)
 
     async def memory_report(self, top: int = 15) -> str:
         """What this worker holds: live objects by type (and tracemalloc's top allocation
