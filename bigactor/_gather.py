@@ -47,6 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, TypeAlias, TypeVar
 
+import sniffio
 import trio
 
 T = TypeVar("T")
@@ -86,11 +87,38 @@ async def gather(*calls: Call[T]) -> list[T]:
         print(await bigactor.gather(*calls))  # [0, 1, 4, 9, 16]
     """
     _check_calls(calls, "gather")
+    if sniffio.current_async_library() == "asyncio":
+        return await _gather_asyncio(calls)
     results: list[Any] = [None] * len(calls)
     async with as_completed(*calls) as completed:
         async for index, value in completed:
             results[index] = value
     return results
+
+
+async def _gather_asyncio(calls: tuple[Call[T], ...]) -> list[T]:
+    """``gather`` for an asyncio program (see ``bigactor._aio``): the same order, and the first
+    error cancels the other calls before it is raised."""
+    import asyncio
+
+    tasks = [asyncio.ensure_future(call if inspect.isawaitable(call) else call()) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _trio_only(helper: str, calls: Iterable[Any] = ()) -> None:
+    """Raise RuntimeError, closing ``calls`` unstarted, unless Trio runs the caller."""
+    if sniffio.current_async_library() != "trio":
+        _close_unstarted(calls)
+        raise RuntimeError(
+            f"bigactor.{helper} runs under Trio; under asyncio use bigactor.gather, or asyncio's "
+            "own as_completed, gather and TaskGroup over the calls (each is an asyncio coroutine)"
+        )
 
 
 # Not ``open_*`` as the house style names a context manager owning a nursery: asyncio and
@@ -118,6 +146,7 @@ async def as_completed(
             print([pair async for pair in completed])  # [(2, 4), (1, 1), (0, 0)]
     """
     _check_calls(calls, "as_completed")
+    _trio_only("as_completed", calls)
     send, receive = trio.open_memory_channel[tuple[int, T]](math.inf)
     try:
         async with _open_nursery(f"{len(calls)} concurrent calls") as nursery:
@@ -208,6 +237,7 @@ class ActorPool(Generic[A]):
     async def _map(
         self, fn: Callable[[A, V], Awaitable[R]], values: Iterable[V], *, ordered: bool
     ) -> AsyncIterator[AsyncIterator[R]]:
+        _trio_only("ActorPool")
         send, receive = trio.open_memory_channel[tuple[int, R]](math.inf)
         window = trio.Semaphore(WINDOW_PER_SLOT * self._per_actor * len(self._actors))
         async with _open_nursery(f"calls of a map over {len(self._actors)} actors") as nursery:

@@ -14,11 +14,12 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
+import sniffio
 import trio
 
 from ._actor import cluster_var
@@ -30,16 +31,20 @@ from ._system import System
 from .systems import lookup
 
 
-@asynccontextmanager
-async def open_cluster(
+def open_cluster(
     system: System | str | None = None,
     *,
     debug_address: str | tuple[str, int] | None = None,
     debug_token: str | None = None,
     on_draining: Callable[[Machine, Notice], Awaitable[None] | None] | None = None,
     **options: Any,
-) -> AsyncIterator[Cluster]:
+) -> AbstractAsyncContextManager[Cluster]:
     """Open a cluster on ``system`` and close it, with every machine it started, on exit.
+
+    Under Trio (``trio.run``, ``bigactor.run``) the cluster runs in the caller's task, as
+    described below. Under asyncio (``asyncio.run(main())``) the same ``async with`` works:
+    bigactor runs as a Trio guest on the asyncio loop, and the cluster, its handles and
+    machines come as proxies whose async methods are asyncio coroutines (see ``bigactor._aio``).
 
     ``system`` is a System instance or a system name; without one, ``BIGACTOR_SYSTEM`` names
     it, else ``local``. ``options`` go to the named system's constructor; the options not
@@ -69,6 +74,56 @@ async def open_cluster(
     program with the status of Ctrl-C (130); if other errors came with it, they are its
     ``__cause__``.
     """
+    opener = partial(
+        _open_trio,
+        system,
+        debug_address=debug_address,
+        debug_token=debug_token,
+        on_draining=on_draining,
+        **options,
+    )
+    return _Opener(opener)
+
+
+class _Opener:
+    """What ``open_cluster`` returns: enters the Trio cluster, or its asyncio proxy (found out
+    on entry, from the library that runs the entering task)."""
+
+    def __init__(self, opener: Callable[[], AbstractAsyncContextManager[Cluster]]) -> None:
+        self._opener = opener
+        self._entered: AbstractAsyncContextManager[Any] | None = None  # Cluster, or its proxy
+
+    async def __aenter__(self) -> Cluster:
+        if self._entered is not None:
+            raise RuntimeError("this open_cluster(...) was entered already: call open_cluster again")
+        entered: AbstractAsyncContextManager[Any]
+        if sniffio.current_async_library() == "asyncio":
+            from . import _aio  # only asyncio programs pay for it
+
+            entered = _aio.ClusterContext(self._opener)
+        else:
+            entered = self._opener()
+        self._entered = entered
+        # Under asyncio, a proxy that stands for the cluster (its methods, asyncio's way).
+        return cast(Cluster, await entered.__aenter__())
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._entered is not None
+        return await self._entered.__aexit__(kind, exc, tb)
+
+
+@asynccontextmanager
+async def _open_trio(
+    system: System | str | None,
+    *,
+    debug_address: str | tuple[str, int] | None,
+    debug_token: str | None,
+    on_draining: Callable[[Machine, Notice], Awaitable[None] | None] | None,
+    **options: Any,
+) -> AsyncIterator[Cluster]:
+    """``open_cluster`` under Trio (see its docstring)."""
     if system is None or isinstance(system, str):
         system = lookup(system or os.environ.get("BIGACTOR_SYSTEM") or "local", **options)
     elif options:

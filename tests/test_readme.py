@@ -95,3 +95,9 @@ async def test_readme_flags_example_logs_from_the_actor(tmp_path: Path) -> None:
     out, err = await _run_block(tmp_path, "# flags.py", "--bigactor-log-level=info", "--times", "3")
     assert out.split("\n")[0] == "hi hi hi "
     assert "INFO app: talking 3 times" in err
+
+
+async def test_readme_asyncio_example_runs(tmp_path: Path) -> None:
+    """The asyncio example runs under ``asyncio.run`` and prints what its comments say."""
+    out, _ = await _run_block(tmp_path, "# asyncio_main.py")
+    assert out.split("\n")[:2] == ["hello, asyncio", "hello, again"]
