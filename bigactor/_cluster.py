@@ -249,7 +249,9 @@ class Cluster:
         the new machine started for it (an :class:`Environ` or a dict). ``max_concurrency``:
         its sync methods run on that many threads, and at most that many async methods run at
         once. ``cpus`` / ``memory`` (bytes): what it needs; it goes on a machine with room, or
-        a new one. ``detached``: it outlives the actor that spawned it.
+        a new one. ``detached``: it outlives the actor that spawned it. ``asyncio``: its
+        constructor and async methods run on an asyncio loop of its own, for methods that use
+        asyncio libraries (they run on Trio otherwise).
         Unknown or invalid options raise here, before anything starts.
         """
         return Spawner(self, SpawnOptions(**options))
@@ -323,7 +325,7 @@ class Cluster:
             if await machine.wait(State.RUNNING) != State.RUNNING:
                 raise machine._lost()
             name, methods = await machine.call(
-                "Supervisor.spawn", options.name, cls, args, kwargs, options.max_concurrency
+                "Supervisor.spawn", options.name, cls, args, kwargs, options.max_concurrency, options.asyncio
             )
             record.placed(machine, name, methods)
             self._by_machine.setdefault(machine.addr, set()).add(record.id)

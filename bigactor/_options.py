@@ -100,6 +100,8 @@ class SpawnOptions:
     memory: int | None = attrs.field(default=None, validator=_positive("memory"))
     #: outlive the actor that spawned it (children otherwise stop with their parent)
     detached: bool = False
+    #: run its constructor and async methods on an asyncio loop of its own (else on Trio)
+    asyncio: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):

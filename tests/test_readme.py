@@ -101,3 +101,9 @@ async def test_readme_asyncio_example_runs(tmp_path: Path) -> None:
     """The asyncio example runs under ``asyncio.run`` and prints what its comments say."""
     out, _ = await _run_block(tmp_path, "# asyncio_main.py")
     assert out.split("\n")[:2] == ["hello, asyncio", "hello, again"]
+
+
+async def test_readme_asyncio_actor_example_runs(tmp_path: Path) -> None:
+    """The asyncio actor example runs and prints what its comment says."""
+    out, _ = await _run_block(tmp_path, "# asyncio_actor.py")
+    assert out.split("\n")[0] == "fetched after 0.1 s"

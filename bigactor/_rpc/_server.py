@@ -41,6 +41,7 @@ from .. import _codec
 from .._errors import CodecError, ProtocolError, ServiceNotFound
 from .._metrics import MethodStats, Registry, payload_size
 from . import _frames
+from ._aioloop import AsyncioLoop
 from ._connection import STREAM_BYTES, STREAM_WINDOW, Connection, current_actor
 from ._frames import Kind
 from ._remote import encode_error
@@ -169,7 +170,12 @@ class Actor:
     """
 
     def __init__(
-        self, name: str, instance: Any, max_concurrency: int | None = None, run_sync: RunSync = run_in_thread
+        self,
+        name: str,
+        instance: Any,
+        max_concurrency: int | None = None,
+        run_sync: RunSync = run_in_thread,
+        asyncio: bool = False,
     ) -> None:
         self.name = name
         self.instance = instance
@@ -186,6 +192,12 @@ class Actor:
         # or through any other ``run_sync`` (the test system's, inline) from a queue task.
         self._own = _ActorThreads(self) if run_sync is run_in_thread else None
         self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
+        #: the asyncio loop its constructor, async methods and async hooks run on (``asyncio=True``)
+        self.aio = AsyncioLoop(name) if asyncio else None
+
+    async def await_method(self, coro: Any) -> Any:
+        """Await a coroutine of the actor's async code: on its asyncio loop if it has one."""
+        return await (self.aio.run(coro) if self.aio is not None else coro)
 
     def submit(self, job: _Job) -> None:
         """Queue sync work; it starts after everything queued before it."""
@@ -246,10 +258,12 @@ class Actor:
         """Run the queue on ``threads`` threads at once, until :meth:`close`."""
         current_actor.set(self.name)  # its sync methods' threads copy this task's context
         own = self._own
-        if own is None and self.threads == 1:
+        if own is None and self.threads == 1 and self.aio is None:
             await self._consume()
             return
         async with trio.open_nursery() as nursery:
+            if self.aio is not None:
+                nursery.start_soon(self.aio.serve, name=f"actor {self.name} asyncio loop")
             for i in range(self.threads):
                 what = own.run if own is not None else self._consume
                 nursery.start_soon(what, name=f"actor {self.name} thread {i}")
@@ -287,6 +301,8 @@ class Actor:
         self._send.close()
         if self._own is not None:
             self._own.close()
+        if self.aio is not None:
+            self.aio.close()
 
 
 class _ActorThreads:
@@ -414,22 +430,25 @@ class ActorTable:
 
     async def spawn(
         self, name: str | None, cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-        max_concurrency: int | None = None,
+        max_concurrency: int | None = None, asyncio: bool = False,
     ) -> Actor:  # fmt: skip
         """Construct ``cls(*args, **kwargs)`` on the new actor's own thread, then host it as
         ``name`` (a fresh name if None; a taken one is a ValueError, before anything runs).
 
         Its constructor, sync methods and sync ``shutdown()`` hook all run on that thread, as
         a class that keeps thread-bound state (an ``sqlite3`` connection, thread-locals)
-        expects. A constructor that raises (or is cancelled) hosts nothing: the thread ends.
+        expects. With ``asyncio``, the actor gets an asyncio loop of its own (see
+        ``_aioloop``), and its constructor runs there instead. A constructor that raises (or
+        is cancelled) hosts nothing: the threads end.
         """
         kind = getattr(cls, "__name__", type(cls).__name__)
         check_max_concurrency(kind, max_concurrency)
         name = self._name(name, kind)
-        actor = Actor(name, None, max_concurrency, self._run_sync)
+        actor = Actor(name, None, max_concurrency, self._run_sync, asyncio=asyncio)
         self._nursery.start_soon(actor.serve, name=f"actor {name}")
+        build = functools.partial(cls, *args, **kwargs)
         try:
-            instance = await actor.run_sync(functools.partial(cls, *args, **kwargs))
+            instance = await (actor.aio.call(build) if actor.aio is not None else actor.run_sync(build))
             self._name(name, kind)  # not taken while it was being constructed
         except BaseException:
             actor.close()
@@ -463,6 +482,15 @@ class ActorTable:
                 self.addr, target, f"{type(actor.instance).__name__} has no public method {method!r}"
             )
         return actor, getattr(actor.instance, method), kind
+
+
+def _hint_asyncio(exc: BaseException) -> None:
+    """Say what to do when an async method of a Trio actor asked for asyncio's loop."""
+    if isinstance(exc, RuntimeError) and exc.args == ("no running event loop",):
+        exc.args = (
+            "no running event loop: bigactor runs an actor's async methods on Trio; for a method "
+            "that uses asyncio libraries, spawn its actor with cluster.options(asyncio=True)",
+        )
 
 
 def _slot(actor: Actor) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -596,12 +624,14 @@ class CallDispatcher:
             try:
                 # Waiting for a slot (max_concurrency) is cancellable like the call itself.
                 async with _slot(actor):
-                    value = await fn(*args, **kwargs)
+                    value = await actor.await_method(fn(*args, **kwargs))
                 if inspect.iscoroutine(value):
                     raise _returned_coroutine(value, actor, target, ASYNC)
             except BaseException as exc:
                 if is_cancellation(exc):
                     raise
+                if actor.aio is None:
+                    _hint_asyncio(exc)
                 self._reply(conn, call_id, False, exc, stat, start, size)
                 return
             finally:
@@ -630,10 +660,14 @@ class CallDispatcher:
                     async with _slot(actor):
                         agen = fn(*args, **kwargs)
                         try:
-                            async for item in agen:
+                            while True:
+                                try:
+                                    item = await actor.await_method(agen.__anext__())
+                                except StopAsyncIteration:
+                                    break
                                 sent += await self._send_item(conn, call_id, credit, item)
                         finally:
-                            await agen.aclose()
+                            await actor.await_method(agen.aclose())
                 else:
                     gen = await actor.run_sync(functools.partial(fn, *args, **kwargs))
                     end = object()

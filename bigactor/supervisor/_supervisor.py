@@ -99,10 +99,11 @@ class Supervisor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         max_concurrency: int | None = None,
+        asyncio: bool = False,
     ) -> tuple[str, dict[str, str]]:
-        """Construct ``cls(*args, **kwargs)`` here, on the actor's own thread (see
-        ``ActorTable.spawn``), and host it; return its name and methods."""
-        actor = await self._worker.table.spawn(name, cls, args, kwargs, max_concurrency)
+        """Construct ``cls(*args, **kwargs)`` here, on the actor's own thread (or its asyncio
+        loop: see ``ActorTable.spawn``), and host it; return its name and methods."""
+        actor = await self._worker.table.spawn(name, cls, args, kwargs, max_concurrency, asyncio)
         await self._init(actor)
         self._worker.retitle()
         return actor.name, actor.methods
@@ -118,7 +119,7 @@ class Supervisor:
             if callable(hook):
                 with trio.move_on_after(grace) as scope:
                     if inspect.iscoroutinefunction(inspect.unwrap(hook)):
-                        await hook()
+                        await actor.await_method(hook())
                     else:
                         await actor.run_sync(hook)  # on its own thread, after queued calls
                 if scope.cancelled_caught:
