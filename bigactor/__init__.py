@@ -121,11 +121,11 @@ from .supervisor import Context
 
 if TYPE_CHECKING:
     from ._debug import serve_debug
-    from ._open import open_cluster
+    from ._open import background_cluster, open_cluster
 
 #: public names loaded on first use: what only a driver needs (its systems, its status page),
 #: kept out of every worker's start (a worker imports this package before its own modules)
-_LAZY = {"open_cluster": "._open", "serve_debug": "._debug"}
+_LAZY = {"background_cluster": "._open", "open_cluster": "._open", "serve_debug": "._debug"}
 
 __all__ = [
     "ActorHandle",
@@ -165,6 +165,7 @@ __all__ = [
     "TransportError",
     "__version__",
     "as_completed",
+    "background_cluster",
     "cancelled",
     "current_cluster",
     "gather",

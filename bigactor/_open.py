@@ -85,6 +85,43 @@ def open_cluster(
     return _Opener(opener)
 
 
+async def background_cluster(
+    system: System | str | None = None,
+    *,
+    debug_address: str | tuple[str, int] | None = None,
+    debug_token: str | None = None,
+    on_draining: Callable[[Machine, Notice], Awaitable[None] | None] | None = None,
+    **options: Any,
+) -> Cluster:
+    """Open a cluster that outlives the code that opened it, for notebooks: in Jupyter,
+    ``cluster = await bigactor.background_cluster()`` in one cell, calls in the next ones,
+    ``await cluster.aclose()`` at the end. Takes what :func:`open_cluster` takes.
+
+    The documented exception to "``open_*`` owns its nursery": the cluster is owned by
+    bigactor's Trio guest run on the running asyncio loop (the kernel's), not by a block. It
+    ends with ``await cluster.aclose()``, or when the process ends: a kernel restart or
+    shutdown leaves no worker behind (the local system's guardian, the other systems'
+    watchdogs). An interrupt of the running cell cancels that cell's calls, never the
+    cluster. Under Trio, use ``async with open_cluster()``: this raises RuntimeError.
+    """
+    if sniffio.current_async_library() != "asyncio":
+        raise RuntimeError(
+            "bigactor.background_cluster() is for asyncio programs and notebooks; "
+            "under Trio, use `async with bigactor.open_cluster() as cluster:`"
+        )
+    from . import _aio
+
+    opener = partial(
+        _open_trio,
+        system,
+        debug_address=debug_address,
+        debug_token=debug_token,
+        on_draining=on_draining,
+        **options,
+    )
+    return cast(Cluster, await _aio.ClusterContext(opener).__aenter__())
+
+
 class _Opener:
     """What ``open_cluster`` returns: enters the Trio cluster, or its asyncio proxy (found out
     on entry, from the library that runs the entering task)."""
