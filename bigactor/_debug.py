@@ -67,6 +67,7 @@ import h11
 import trio
 
 from ._cluster import Cluster
+from ._dashboard import PERIOD, History, flame_svg, sparkline, summary
 
 log = logging.getLogger("bigactor.debug")
 PREFIX = "/debug/bigactor/"
@@ -208,10 +209,16 @@ def status_text(machines: list[dict[str, Any]], cost: str | None = None) -> str:
 
 
 def status_html(
-    machines: list[dict[str, Any]], refresh: int = 5, token: str | None = None, cost: str | None = None
+    machines: list[dict[str, Any]],
+    refresh: int = 5,
+    token: str | None = None,
+    cost: str | None = None,
+    history: History | None = None,
 ) -> str:
     """The status page for the entries of ``Cluster.status()``; its links carry ``token``;
-    ``cost`` is the cluster's cost so far (``str(cluster.cost())``)."""
+    ``cost`` is the cluster's cost so far (``str(cluster.cost())``); ``history``, the samples
+    the charts are drawn from (see ``_dashboard``)."""
+    history = history if history is not None else History()
     tok = html.escape(f"token={quote(token, safe='')}") if token is not None else ""
     amp = "&amp;" if tok else ""
     ask = "?" if tok else ""
@@ -236,13 +243,20 @@ def status_html(
         disk_cell = f"{_size(disk['used'])} / {_size(disk['total'])} ({disk['percent']}%)" if disk else ""
         load_cell = f"{load['load1']:.2f} {load['load5']:.2f} {load['load15']:.2f}" if load else ""
         about = "".join(f"<br><small>{e(text)}</small>" for text in _machine_lines(m))
+        series = history.series(m["addr"])
+        rate = series["calls_per_s"]
+        charts = (
+            f"<td>{sparkline(rate, 'calls served a second')}<br>{history.rate(m['addr']):,.0f}/s</td>"
+            f"<td>{sparkline(series['rss'], 'resident memory')}<br>{mem_cell}</td>"
+            f"<td>{sparkline(series['load'], 'load average (1 min)')}<br>{load_cell}</td>"
+        )
         rows.append(
             "<tr>"
             f"<td>{e(m['addr'])}{about}</td><td class='{e(m['state'])}'>{e(m['state'])}</td>"
             f"<td>{_duration(m['uptime']) if 'uptime' in m else ''}</td>"
             f"<td>{'in ' + _duration(nxt - now) if nxt else ''}<br>"
             f"{', '.join(str(t) for t in m['keepalive_reply_ms'][:5])} ms</td>"
-            f"<td>{mem_cell}</td><td>{disk_cell}</td><td>{load_cell}</td>"
+            f"{charts}<td>{disk_cell}</td>"
             f"<td>{'<br>'.join(f'{e(n)} ({e(t)})' for n, t in m.get('actors', {}).items())}</td>"
             f"<td>{methods}</td>"
             f"<td>{e(m['error'] or m.get('status_error') or '')}</td>"
@@ -255,18 +269,37 @@ def status_html(
 body {{ font-family: sans-serif; margin: 1em; }}
 table {{ border-collapse: collapse; }}
 td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; font-size: 90%; }}
-th {{ background: #eee; }} .RUNNING {{ color: green; }} .STOPPED {{ color: #b00; }}
+th {{ background: #eee; position: sticky; top: 0; }} .RUNNING {{ color: green; }} .STOPPED {{ color: #b00; }}
+svg.spark {{ background: #f6f8fa; }} svg.spark polyline {{ fill: none; stroke: #2a6fdb; stroke-width: 1.5; }}
+svg.spark line.empty {{ stroke: #ccc; }} p.summary {{ font-size: 110%; }}
 </style></head><body>
 <h1>bigactor: {len(machines)} machines</h1>
+<p class="summary">{html.escape(summary(machines, history))}</p>
 {f"<p>Cost so far: {html.escape(cost)}</p>" if cost is not None else ""}
 <p>Refreshes every {refresh} s. <a href="status?format=json{amp}{tok}">JSON</a> ·
 <a href="stacks{ask}{tok}">stacks</a> · <a href="vars{ask}{tok}">vars</a> ·
 <a href="metrics{ask}{tok}">metrics</a> ·
-<a href="profile?seconds=5&amp;format=text{amp}{tok}">profile 5 s</a></p>
+<a href="profile?seconds=5&amp;format=text{amp}{tok}">profile 5 s</a> ·
+<a href="profile?seconds=5&amp;format=flame{amp}{tok}">flame graph 5 s</a>
+· charts: the last {int(history.window // 60)} minutes</p>
 <table><tr><th>machine</th><th>state</th><th>uptime</th><th>keepalive (next; replies)</th>
-<th>memory</th><th>disk</th><th>load</th><th>actors</th><th>calls served</th><th>error</th></tr>
+<th>calls/s</th><th>memory</th><th>load</th><th>disk</th><th>actors</th><th>calls served</th>
+<th>error</th></tr>
 {"".join(rows)}
 </table></body></html>
+"""
+
+
+def flame_html(collapsed: dict[str, int], title: str) -> str:
+    """A page showing the flame graph of ``collapsed`` stacks (see ``_dashboard.flame_svg``)."""
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>bigactor flame graph</title>
+<style>body {{ font-family: sans-serif; margin: 1em; }} svg.flame text {{ pointer-events: none; }}</style>
+</head><body><h1>bigactor: flame graph</h1>
+<p>Each box is a function, as wide as its share of the CPU samples, above its caller;
+hover for its name and share.</p>
+{flame_svg(collapsed, title)}
+</body></html>
 """
 
 
@@ -394,6 +427,20 @@ class _Server:
         # cancel scope that drops it, one being served (authenticated) to None.
         self._conns: dict[trio.SocketStream, trio.CancelScope | None] = {}
         self._profile_ends: float | None = None  # when the running profile ends (trio's clock)
+        #: what the status page's charts show; sampled while anyone looks (see :meth:`sample`)
+        self.history = History()
+        self._viewed = trio.Event()
+
+    async def sample(self, period: float = PERIOD) -> None:
+        """Once the status page has been asked for, record the cluster's status every
+        ``period`` seconds (more when a round takes long: never more than a tenth of the time)."""
+        await self._viewed.wait()
+        while True:
+            start = trio.current_time()
+            with contextlib.suppress(Exception):  # a failed round leaves a gap in the charts
+                self.history.record(await self.cluster.status())
+            took = trio.current_time() - start
+            await trio.sleep(max(period, 10 * took) - took)
 
     async def learn_fqdn(self) -> None:
         """Answer to this machine's fully qualified name too."""
@@ -505,6 +552,8 @@ class _Server:
         page = path.removeprefix(PREFIX)
         if page in ("", "status", "status.json"):
             machines = await self.cluster.status()
+            self.history.record(machines)
+            self._viewed.set()
             if page == "status.json" or arg.get("format") == "json":
                 return _json(machines)
             cost = str(self.cluster.cost())
@@ -512,7 +561,7 @@ class _Server:
                 return _text(200, status_text(machines, cost))
             # The page's links carry the token it was opened with (none when it came in a header).
             token = self.token if "token" in arg else None
-            page_html = status_html(machines, token=token, cost=cost)
+            page_html = status_html(machines, token=token, cost=cost, history=self.history)
             return 200, "text/html; charset=utf-8", page_html.encode(), []
         if page == "vars":
             machines = await self.cluster.status()
@@ -551,8 +600,8 @@ class _Server:
                 "while it runs, so take several short ones rather than one long one\n",
             )
         fmt = arg.get("format", "pstats")
-        if fmt not in ("pstats", "collapsed", "text"):
-            return _text(400, "format must be pstats, collapsed or text\n")
+        if fmt not in ("pstats", "collapsed", "text", "flame"):
+            return _text(400, "format must be pstats, collapsed, text or flame\n")
         kind = arg.get("kind", "sampled")
         if kind not in ("sampled", "cprofile"):
             return _text(400, "kind must be sampled or cprofile\n")
@@ -576,6 +625,10 @@ class _Server:
             return _text(200, profile.top(top))
         if fmt == "collapsed":
             return _text(200, profile.collapsed_text())
+        if fmt == "flame":
+            samples = sum(profile.collapsed.values())
+            title = f"{seconds:g} s of {len(profile.machines)} machine(s), {samples} samples"
+            return 200, "text/html; charset=utf-8", flame_html(profile.collapsed, title).encode(), []
         if not profile.stats:  # pstats cannot load an empty table: say why instead
             return _text(404, profile.top())
         disposition = [("content-disposition", 'attachment; filename="bigactor.pstats"')]
@@ -609,6 +662,7 @@ async def serve_debug(
     server = _Server(cluster, token, host)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.learn_fqdn)
+        nursery.start_soon(server.sample, name="debug status sampler")
         await nursery.start(trio.serve_listeners, server.handle, listeners)
         _log(logging.INFO, "debug pages at %s", url)
         task_status.started(url)

@@ -373,7 +373,7 @@ async def test_status_page_links_carry_the_token() -> None:
         page = body.decode()
         [refresh] = re.findall(r'http-equiv="refresh" content="\d+; url=([^"]+)"', page)
         links = [refresh, *re.findall(r'<a href="([^"]+)"', page)]
-        assert len(links) == 6
+        assert len(links) == 7  # refresh, JSON, stacks, vars, metrics, profile, flame graph
         for link in links:
             target = _bare(cluster.debug_url, link.replace("&amp;", "&"))
             assert f"token={_token(cluster.debug_url)}" in target
@@ -505,8 +505,7 @@ async def test_second_profile_through_the_server_is_refused_while_one_runs() -> 
                 status, _, body = await get(page_url(cluster.debug_url, "profile", seconds=0.1))
                 assert status == 409
                 assert b"already running" in body
-        assert first[0][0] == 200  # the first one ran to its end (on an idle machine: empty)
-        assert first[0][2] == EMPTY.format(seconds=2).encode()
+        assert first[0][0] == 200  # the first one ran to its end
 
 
 async def test_profile_stops_when_its_client_leaves() -> None:
