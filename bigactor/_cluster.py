@@ -18,6 +18,8 @@ import trio
 
 from . import _codec, _rpc, _status
 from ._actor import ActorHandle, Environ, Services, cluster_var
+from ._console import Console
+from ._contract import POST_MORTEM_ENV
 from ._cpus import thread_defaults
 from ._errors import BigActorError, ClusterClosed, MachineLost, ServiceNotFound
 from ._machine import SHUTDOWN_GRACE, Machine, Notice, State
@@ -53,6 +55,11 @@ class Cluster:
         transport: _rpc.Transport | None = None,
     ) -> None:
         self._nursery = nursery
+        #: the driver's terminal for the machines' debugger sessions (``breakpoint()``)
+        #: methods that raise open a post-mortem debugger session (``open_cluster(debug=True)``)
+        self.post_mortem = False
+        self.console = Console()
+        self.console.bind(nursery)
         self._key = key
         self._system = system
         #: how this cluster dials machines: its system's transport on the driver, the one its
@@ -163,6 +170,8 @@ class Cluster:
             raise ValueError(f"cannot start {n} machines")
         blobs = {name: _codec.dumps(svc, f"service {name!r}") for name, svc in services.items()}
         env = {**thread_defaults(self._system.capacity()[0]), **env}
+        if self.post_mortem:
+            env = {POST_MORTEM_ENV: "1", **env}
         instances = await self._system.start(n, env)
         machines = []
         for inst in instances:
@@ -188,6 +197,10 @@ class Cluster:
                 self._spawned.add(m.addr)
             if dedicated:
                 self._dedicated.add(m.addr)
+            if inst.debug_stream is not None:
+                self._nursery.start_soon(
+                    self.console.serve, m.addr, inst.debug_stream, m.pause, name=f"debugger {m.addr}"
+                )
             self._nursery.start_soon(m._tail, name=f"tail {m.addr}")
             self._nursery.start_soon(m._run, name=f"machine {m.addr}")
             machines.append(m)

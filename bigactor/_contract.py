@@ -240,3 +240,8 @@ def worker_log_level(configured: int | None) -> int:
     was set, else the driver's root logger's level when the machine starts (so an actor's
     ``log.info`` shows wherever the driver's would)."""
     return configured if configured is not None else logging.getLogger().getEffectiveLevel()
+
+
+#: set to "1" in a machine's environment by ``open_cluster(debug=True)``: a method that raises
+#: opens a post-mortem debugger session in the driver's terminal before its caller hears of it
+POST_MORTEM_ENV = "BIGACTOR_POST_MORTEM"

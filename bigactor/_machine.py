@@ -156,6 +156,7 @@ class Machine:
         self._scope = trio.CancelScope()
         self._reply_times: deque[float] = deque(maxlen=10)
         self._next_keepalive = 0.0
+        self._paused = 0  # debugger sessions holding the machine (see pause)
         self._shutting_down = False
         self._healthy = True
         #: "actor.method" -> whether it is marked @idempotent, as the machine said
@@ -534,6 +535,8 @@ class Machine:
             # attempt starts right at the deadline, and only its failure loses the machine (a
             # partition healed a moment before the timeout costs nothing).
             now = trio.current_time()
+            if self._paused:
+                start = now  # held in a debugger: its silence is no lapse (see pause)
             deadline = start + cfg.timeout
             if now >= deadline:
                 what = "no reply within the rpc timeout" if isinstance(last, trio.TooSlowError) else str(last)
@@ -543,6 +546,11 @@ class Machine:
                     f"(timeout={cfg.timeout} s, rpc timeout={cfg.rpc_timeout} s): {what}",
                 )
             await trio.sleep(min(next(waits), deadline - now))
+
+    def pause(self, paused: bool) -> None:
+        """Say the machine is held in a debugger session (``breakpoint()``) or free again:
+        while held, unanswered keepalives do not lose it; the timeout counts from the end."""
+        self._paused += 1 if paused else -1
 
     async def _check_health(self, healthy: bool) -> None:
         """Log once per episode when the worker says it is short of memory, with what it holds."""

@@ -37,6 +37,7 @@ def open_cluster(
     debug_address: str | tuple[str, int] | None = None,
     debug_token: str | None = None,
     on_draining: Callable[[Machine, Notice], Awaitable[None] | None] | None = None,
+    debug: bool = False,
     **options: Any,
 ) -> AbstractAsyncContextManager[Cluster]:
     """Open a cluster on ``system`` and close it, with every machine it started, on exit.
@@ -52,6 +53,11 @@ def open_cluster(
     ``debug_address`` (``"127.0.0.1:8080"``, or port 0 for any), the cluster also serves its
     debug pages there (see ``serve_debug``); ``cluster.debug_url`` says where, with the token
     they need: ``debug_token``, else ``BIGACTOR_DEBUG_TOKEN``, else a random one.
+
+    ``breakpoint()`` in an actor on a local machine opens pdb in this program's terminal, one
+    session at a time (the machine waits, and keepalives forgive it); Ctrl-C there interrupts
+    pdb, not the program. With ``debug=True``, a method that raises opens a post-mortem
+    session the same way before its caller gets the error.
 
     ``on_draining(machine, notice)`` is called each time one of the cluster's machines gives
     notice that it will go away soon (a spot instance being reclaimed: ``machine.draining``
@@ -80,6 +86,7 @@ def open_cluster(
         debug_address=debug_address,
         debug_token=debug_token,
         on_draining=on_draining,
+        debug=debug,
         **options,
     )
     return _Opener(opener)
@@ -91,6 +98,7 @@ async def background_cluster(
     debug_address: str | tuple[str, int] | None = None,
     debug_token: str | None = None,
     on_draining: Callable[[Machine, Notice], Awaitable[None] | None] | None = None,
+    debug: bool = False,
     **options: Any,
 ) -> Cluster:
     """Open a cluster that outlives the code that opened it, for notebooks: in Jupyter,
@@ -117,6 +125,7 @@ async def background_cluster(
         debug_address=debug_address,
         debug_token=debug_token,
         on_draining=on_draining,
+        debug=debug,
         **options,
     )
     return cast(Cluster, await _aio.ClusterContext(opener).__aenter__())
@@ -158,6 +167,7 @@ async def _open_trio(
     debug_address: str | tuple[str, int] | None,
     debug_token: str | None,
     on_draining: Callable[[Machine, Notice], Awaitable[None] | None] | None,
+    debug: bool = False,
     **options: Any,
 ) -> AsyncIterator[Cluster]:
     """``open_cluster`` under Trio (see its docstring)."""
@@ -171,6 +181,7 @@ async def _open_trio(
             await system.setup(nursery, key)
             cluster = Cluster(nursery, key, system)
             cluster.on_draining = on_draining
+            cluster.post_mortem = debug
             if debug_address is not None:
                 host, port = (
                     debug_address.rpartition(":")[::2] if isinstance(debug_address, str) else debug_address

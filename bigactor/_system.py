@@ -63,6 +63,9 @@ class Instance(abc.ABC):
     #: its own stdout and stderr, see ``Supervisor.output``) rather than through ``tail``: for
     #: machines whose process the driver cannot see (another host)
     output_over_channel: bool = False
+    #: where the machine's debugger sessions (``breakpoint()`` in an actor) reach the driver:
+    #: a stream of the messages of ``supervisor._breakpoint`` (None: the machine has none)
+    debug_stream: trio.abc.Stream | None = None
 
     def details(self) -> dict[str, str]:
         """What the system knows of the machine, for status and debug pages (instance id, type,

@@ -6,7 +6,16 @@ from ._connection import Connection, current_actor, current_connection
 from ._frames import Kind
 from ._link import Link
 from ._remote import decode_error, encode_error
-from ._server import Actor, ActorTable, RunSync, idempotent, is_idempotent, method_kind, method_table
+from ._server import (
+    Actor,
+    ActorTable,
+    RunSync,
+    idempotent,
+    is_idempotent,
+    method_kind,
+    method_table,
+    set_post_mortem,
+)
 from ._threads import MethodCancelled, cancelled, run_in_thread
 from ._transport import HANDSHAKE_TIMEOUT, Admission, Transport, connect, host_port, serve_stream
 
@@ -37,5 +46,6 @@ __all__ = [
     "receive_buffers",
     "run_in_thread",
     "serve_stream",
+    "set_post_mortem",
     "versions",
 ]

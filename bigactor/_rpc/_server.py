@@ -45,7 +45,7 @@ from ._aioloop import AsyncioLoop
 from ._connection import STREAM_BYTES, STREAM_WINDOW, Connection, current_actor
 from ._frames import Kind
 from ._remote import encode_error
-from ._threads import ThreadCall, Turnstile, run_in_thread, thread_limiter
+from ._threads import MethodCancelled, ThreadCall, Turnstile, run_in_thread, thread_limiter
 
 log = logging.getLogger("bigactor.rpc")
 
@@ -378,6 +378,7 @@ class _ActorThreads:
                 try:
                     done = (True, job.call.run(turn))
                 except BaseException as exc:  # MethodCancelled, or anything the method raised
+                    _raised(exc)
                     done = (False, exc)
             self._finished.append((job, done))
             del job, done
@@ -482,6 +483,23 @@ class ActorTable:
                 self.addr, target, f"{type(actor.instance).__name__} has no public method {method!r}"
             )
         return actor, getattr(actor.instance, method), kind
+
+
+#: what runs in the method's own thread when a method raises (``open_cluster(debug=True)``:
+#: a post-mortem debugger session), set by :func:`set_post_mortem`
+_post_mortem: Callable[[BaseException], None] | None = None
+
+
+def set_post_mortem(hook: Callable[[BaseException], None] | None) -> None:
+    """Run ``hook(exc)`` where a method raised ``exc``, before its caller hears of it."""
+    global _post_mortem
+    _post_mortem = hook
+
+
+def _raised(exc: BaseException) -> None:
+    """A method raised ``exc`` (not a cancellation): the post-mortem hook, if any, runs."""
+    if _post_mortem is not None and not isinstance(exc, MethodCancelled):
+        _post_mortem(exc)
 
 
 def _hint_asyncio(exc: BaseException) -> None:
@@ -632,6 +650,7 @@ class CallDispatcher:
                     raise
                 if actor.aio is None:
                     _hint_asyncio(exc)
+                _raised(exc)
                 self._reply(conn, call_id, False, exc, stat, start, size)
                 return
             finally:

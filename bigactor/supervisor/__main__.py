@@ -59,7 +59,12 @@ async def _serve(config: WorkerConfig, listen_fd: int, lifeline_fd: int) -> None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lifeline)
         await serve_worker(
-            config, trio.SocketListener(sock), transport=_rpc.Transport(), exit=_exit, process_title=True
+            config,
+            trio.SocketListener(sock),
+            transport=_rpc.Transport(),
+            exit=_exit,
+            process_title=True,
+            breakpoints=True,
         )
 
 

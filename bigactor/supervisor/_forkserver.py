@@ -30,7 +30,7 @@ from .._title import helper_title, set_title
 def _child(ctrl: socket.socket, wake: int, request: dict[str, Any], fds: list[int]) -> NoReturn:
     code = 1
     try:
-        listen_fd, lifeline_fd, out_fd = fds
+        listen_fd, lifeline_fd, out_fd, debug_fd = fds
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         ctrl.close()
@@ -39,9 +39,8 @@ def _child(ctrl: socket.socket, wake: int, request: dict[str, Any], fds: list[in
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
         os.close(out_fd)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        os.dup2(debug_fd, 0)  # the driver's debug socket (see _breakpoint)
+        os.close(debug_fd)
         # What PYTHONUNBUFFERED gives a fresh worker: every line reaches the driver at once.
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
@@ -78,7 +77,7 @@ def serve(ctrl: socket.socket) -> None:
     while True:
         for key, _ in selector.select():
             if key.fileobj is ctrl:
-                message, fds, _, _ = socket.recv_fds(ctrl, 1 << 20, 3)
+                message, fds, _, _ = socket.recv_fds(ctrl, 1 << 20, 4)
                 if not message:
                     return
                 request = json.loads(message)

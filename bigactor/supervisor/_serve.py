@@ -9,6 +9,7 @@ worker-side cluster (what ``ctx.cluster`` and ``current_cluster()`` give an acto
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ import trio
 from .. import _rpc
 from .._actor import cluster_var
 from .._cluster import Cluster
-from .._contract import WorkerConfig
+from .._contract import POST_MORTEM_ENV, WorkerConfig
 from ._capture import OutputCapture
 from ._supervisor import Worker
 
@@ -32,6 +33,7 @@ async def serve_worker(
     announce: Callable[[str], None] | None = None,
     capture_output: bool = False,
     process_title: bool = False,
+    breakpoints: bool = False,
     task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve a machine on ``listener`` until cancelled (never returns on its own).
@@ -49,7 +51,9 @@ async def serve_worker(
     (``Supervisor.output``; see ``_capture``): for a worker whose driver cannot read its
     output from a pipe, on another host, paired with ``Instance.output_over_channel`` on the
     driver's side. With ``process_title`` (a process of the machine's own, not a test's loop),
-    ``ps`` shows the machine's address and actors (see ``bigactor._title``). Sync methods run
+    ``ps`` shows the machine's address and actors (see ``bigactor._title``). With
+    ``breakpoints``, ``breakpoint()`` opens pdb in the driver's terminal when the process's
+    standard input is the driver's debug socket (see ``_breakpoint``). Sync methods run
     through ``run_sync``. ``config.sys_path``, ``argv`` and
     ``log_level`` concern the process and are the caller's to apply before the loop starts (see
     ``python -m bigactor.supervisor``). Cancelling it stops serving and closes every
@@ -77,5 +81,10 @@ async def serve_worker(
             output=output,
             titled=process_title,
         )
+        if breakpoints:
+            from . import _breakpoint
+
+            if _breakpoint.install(worker.forgive_pause) and os.environ.get(POST_MORTEM_ENV) == "1":
+                _rpc.set_post_mortem(_breakpoint.post_mortem)
         await nursery.start(worker.serve, listener)
         task_status.started(worker)

@@ -297,6 +297,7 @@ class Worker:
         self._watchdog = watchdog
         self._started = time.time()
         self._deadline = trio.current_time() + watchdog.boot_grace
+        self._forgive = False
         self.healthy = True
         self.exited: int | None = None
         #: this process's stdout and stderr, where the worker captures them for the driver
@@ -387,10 +388,18 @@ class Worker:
             self.exited = code
             self._exit(code)
 
+    def forgive_pause(self) -> None:
+        """A debugger session held this process: the keepalives it missed meanwhile are not
+        the driver's absence (callable from any thread; the watchdog's next tick applies it)."""
+        self._forgive = True
+
     async def _watch(self) -> None:
         while True:
             await trio.sleep(self._watchdog.tick)
             now = trio.current_time()
+            if self._forgive:
+                self._forgive = False
+                self._deadline = max(self._deadline, now + self._watchdog.boot_grace)
             if now > self._deadline:
                 log.error(
                     "%s: watchdog expired: no keepalive for %.1f s; exiting", self.addr, now - self._deadline

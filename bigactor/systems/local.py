@@ -319,7 +319,7 @@ class _ForkServer:
                 self._sock.close()
 
     async def fork(self, env: dict[str, str], cwd: str, fds: list[int]) -> int | None:
-        """Fork a worker with ``fds`` (listen, lifeline, output); its pid, or None if it failed."""
+        """Fork a worker with ``fds`` (listen, lifeline, output, debug); its pid, or None if it failed."""
         if not self.alive:
             return None
         request_id = next(self._ids)
@@ -536,11 +536,13 @@ class LocalSystem(System):
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lifeline_r, lifeline_w = os.pipe()
         output_r, output_w = os.pipe()
+        # The worker's standard input: pdb's terminal for breakpoint() (see _breakpoint).
+        debug, debug_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         inst: LocalInstance | None = None
         try:
             listener.bind(path)
             listener.listen(256)
-            fds = [listener.fileno(), lifeline_r, output_w]
+            fds = [listener.fileno(), lifeline_r, output_w, debug_theirs.fileno()]
             server = None
             if self.forkserver and not any(k.startswith(_FRESH_PREFIXES) for k in env):
                 server = await self._fork_server()
@@ -553,7 +555,7 @@ class LocalSystem(System):
                 process = await trio.lowlevel.open_process(
                     [self.python, "-m", "bigactor.supervisor", "--listen-fd", str(fds[0]),
                      "--lifeline-fd", str(lifeline_r)],
-                    stdin=subprocess.DEVNULL, stdout=output_w, stderr=output_w, pass_fds=fds[:2],
+                    stdin=debug_theirs, stdout=output_w, stderr=output_w, pass_fds=fds[:2],
                     env=child_env, cwd=cwd, start_new_session=True,
                 )  # fmt: skip
                 inst = _SpawnedWorker(
@@ -561,11 +563,14 @@ class LocalSystem(System):
                 )
         finally:
             listener.close()
+            debug_theirs.close()
             os.close(lifeline_r)
             os.close(output_w)
             if inst is None:
                 os.close(lifeline_w)
                 os.close(output_r)
+                debug.close()
+        inst.debug_stream = trio.SocketStream(trio.socket.from_stdlib_socket(debug))
         # The guardian knows the worker before the worker gets its configuration: a driver that
         # dies in between leaves a worker that reads end-of-file first and exits by itself.
         self._instances[inst.pid] = inst
