@@ -117,10 +117,8 @@ async def background_cluster(
             "bigactor.background_cluster() is for asyncio programs and notebooks; "
             "under Trio, use `async with bigactor.open_cluster() as cluster:`"
         )
-    from . import _aio
-
-    opener = partial(
-        _open_trio,
+    # Entered and never exited here: the proxy's aclose() ends it (see bigactor._aio).
+    opened = open_cluster(
         system,
         debug_address=debug_address,
         debug_token=debug_token,
@@ -128,7 +126,7 @@ async def background_cluster(
         debug=debug,
         **options,
     )
-    return cast(Cluster, await _aio.ClusterContext(opener).__aenter__())
+    return await opened.__aenter__()
 
 
 class _Opener:
