@@ -30,7 +30,6 @@ class Console:
         self._turn = trio.Lock()
         self._waiting = 0
         self._lines: trio.MemoryReceiveChannel[str] | None = None
-        self._reader: trio.MemorySendChannel[str] | None = None
         self._nursery: trio.Nursery | None = None
         self._last = ""
 
@@ -102,7 +101,6 @@ class Console:
     def _terminal(self) -> trio.MemoryReceiveChannel[str]:
         if self._lines is None:
             send, self._lines = trio.open_memory_channel[str](0)
-            self._reader = send
             assert self._nursery is not None, "Console.bind was not called"
             self._nursery.start_soon(self._read_terminal, send, name="debugger terminal")
         return self._lines
@@ -110,11 +108,9 @@ class Console:
     async def _read_terminal(self, send: trio.MemorySendChannel[str]) -> None:
         # A thread blocked in readline cannot be interrupted; it is abandoned at exit (reading
         # a line has no side effect worth waiting for).
-        while True:
-            line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
-            await send.send(line)
-            if not line:
-                return
+        async with send:  # closed at the end of input: every later prompt reads end of input
+            while line := await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True):
+                await send.send(line)
 
 
 async def _next_line(lines: trio.MemoryReceiveChannel[str], interrupts: _Signals | _Never) -> dict[str, Any]:
