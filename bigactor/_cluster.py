@@ -199,8 +199,10 @@ class Cluster:
                 self._dedicated.add(m.addr)
             if inst.debug_stream is not None:
                 self._nursery.start_soon(
-                    self.console.serve, m.addr, inst.debug_stream, m.pause, name=f"debugger {m.addr}"
+                    self.console.serve_stream, m.addr, inst.debug_stream, m.pause, name=f"debugger {m.addr}"
                 )
+            elif inst.output_over_channel:  # another host's: its sessions come over the connection
+                self._nursery.start_soon(self.console.serve_machine, m, name=f"debugger {m.addr}")
             self._nursery.start_soon(m._tail, name=f"tail {m.addr}")
             self._nursery.start_soon(m._run, name=f"machine {m.addr}")
             machines.append(m)

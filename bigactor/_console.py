@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
+
+from ._errors import BigActorError
+from ._machine import Machine, State
+
+log = logging.getLogger("bigactor.console")
 
 
 class Console:
@@ -37,20 +43,40 @@ class Console:
         """Run the terminal reader in ``nursery`` (the cluster's) once a session needs it."""
         self._nursery = nursery
 
-    async def serve(self, addr: str, stream: trio.abc.Stream, pause: Callable[[bool], None]) -> None:
-        """Serve the debugger sessions of the machine at ``addr`` until its stream ends;
-        ``pause(True)`` and ``pause(False)`` bracket each session."""
-        messages = _messages(stream)
+    async def serve_stream(self, addr: str, stream: trio.abc.Stream, pause: Callable[[bool], None]) -> None:
+        """Serve the debugger sessions of the local machine at ``addr``, whose messages come on
+        ``stream`` (its worker's standard input), until the stream ends; ``pause(True)`` and
+        ``pause(False)`` bracket each session."""
+
+        async def reply(message: dict[str, Any]) -> None:
+            await stream.send_all(json.dumps(message).encode() + b"\n")
+
         try:
-            await self._serve(addr, stream, messages, pause)
+            await self._serve(addr, _messages(stream), reply, pause)
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def serve_machine(self, machine: Machine) -> None:
+        """Serve the debugger sessions of a machine on another host, over its connection
+        (``Supervisor.debugger`` and ``Supervisor.debugger_input``), from when it runs until
+        it stops."""
+        if await machine.wait(State.RUNNING) != State.RUNNING:
+            return
+
+        async def reply(message: dict[str, Any]) -> None:
+            await machine.call("Supervisor.debugger_input", message)
+
+        try:
+            async with machine.stream("Supervisor.debugger") as messages:
+                await self._serve(machine.addr, messages, reply, machine.pause)
+        except BigActorError as exc:  # the machine stopped, or its connection broke for good
+            log.debug("%s: debugger sessions end: %s", machine.addr, exc)
 
     async def _serve(
         self,
         addr: str,
-        stream: trio.abc.Stream,
         messages: AsyncIterator[dict[str, Any]],
+        reply: Callable[[dict[str, Any]], Awaitable[None]],
         pause: Callable[[bool], None],
     ) -> None:
         async for message in messages:
@@ -66,7 +92,7 @@ class Console:
                 async with self._turn:
                     self._waiting -= 1
                     counted = False
-                    await self._session(addr, message, messages, stream)
+                    await self._session(addr, message, messages, reply)
             finally:
                 if counted:
                     self._waiting -= 1
@@ -77,7 +103,7 @@ class Console:
         addr: str,
         opened: dict[str, Any],
         messages: AsyncIterator[dict[str, Any]],
-        stream: trio.abc.Stream,
+        reply: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> None:
         where = f"{addr} ({opened.get('thread', '?')}) at {opened.get('where', '?')}"
         if where != self._last:
@@ -91,8 +117,7 @@ class Console:
                     sys.stdout.write(message.get("d", ""))
                     sys.stdout.flush()
                 elif kind == "in":
-                    reply = await _next_line(lines, interrupts)
-                    await stream.send_all(json.dumps(reply).encode() + b"\n")
+                    await reply(await _next_line(lines, interrupts))
                 elif kind == "close":
                     if self._waiting:
                         _say(f"--- bigactor: {self._waiting} more machine(s) stopped in the debugger ---")

@@ -80,6 +80,23 @@ class Terminal:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    def rest(self, timeout: float = 30) -> str:
+        """Everything the program shows from here until it ends."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(self.master, 65536)
+                except OSError:  # the program ended and its terminal with it
+                    break
+                if not data:
+                    break
+                self.seen += data
+            elif self.proc.poll() is not None:
+                break
+        return self.seen.decode(errors="replace")
+
     def tail(self) -> str:
         return self.seen.decode(errors="replace")[-3000:]
 
@@ -204,4 +221,41 @@ def test_debug_true_opens_a_post_mortem_session_before_the_error_returns(
     assert "7" in t.expect("(Pdb) ")
     t.type("c\n")
     t.expect("caught ZeroDivisionError")
+    assert t.finish() == 0, t.tail()
+
+
+def test_a_machine_on_another_host_debugs_over_its_connection(
+    terminal: list[Terminal], tmp_path: Path
+) -> None:
+    """A remote-style machine (mutual TLS, output over the connection, as an EC2 instance's):
+    breakpoint() in a sync method opens the session over the authenticated connection; in an
+    async method it says why it is skipped, and the method goes on."""
+    tests = Path(__file__).resolve().parent
+    t = run(
+        terminal,
+        tmp_path,
+        f"""
+        import sys
+        sys.path.insert(0, {str(tests)!r})
+        from pathlib import Path
+        from channel_support import RemoteLikeSystem
+
+        async def main():
+            system = RemoteLikeSystem(directory=Path({str(tmp_path)!r}))
+            async with bigactor.open_cluster(system) as cluster:
+                s = await cluster.spawn(Stops)
+                print("result", await s.compute(20), flush=True)
+                print("aresult", await s.acompute(1), flush=True)
+
+        bigactor.run(main)
+        """,
+    )
+    header = t.expect("(Pdb) ")
+    assert "--- bigactor: breakpoint on tls:127.0.0.1:" in header
+    t.type("p y\n")
+    assert "40" in t.expect("(Pdb) ")
+    t.type("c\n")
+    t.expect("result 41")
+    rest = t.expect("aresult 101") + t.rest()  # the worker's stderr arrives in its own time
+    assert "breakpoint() in an async method of a machine on another host is skipped" in rest
     assert t.finish() == 0, t.tail()

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import linecache
+import math
 import os
 import pdb
+import queue
 import socket
 import stat
 import sys
@@ -33,20 +35,26 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+import trio
+
 _lock = threading.RLock()  # one session at a time in this worker (re-entered by its own steps)
 _channel: _Channel | None = None
 _on_resume: Callable[[], None] = lambda: None  # noqa: E731 - set by install
 
 
 class _Channel:
-    """pdb's terminal: a file-like object over the socket to the driver."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._reader = sock.makefile("rb")
+    """pdb's terminal: a file-like object whose lines travel to and from the driver."""
 
     def send(self, message: dict[str, Any]) -> None:
-        self._sock.sendall(json.dumps(message).encode() + b"\n")
+        raise NotImplementedError
+
+    def receive(self) -> dict[str, Any] | None:
+        """The driver's next reply (None: the driver is gone)."""
+        raise NotImplementedError
+
+    def refusal(self) -> str | None:
+        """Why no session can start in this thread, or None."""
+        return None
 
     # -- what pdb uses of stdin and stdout --
     def write(self, text: str) -> int:
@@ -59,14 +67,57 @@ class _Channel:
 
     def readline(self) -> str:
         self.send({"t": "in"})
-        raw = self._reader.readline()
-        if not raw:
+        reply = self.receive()
+        if reply is None:
             return ""  # the driver is gone: pdb reads end of input and continues
-        reply = json.loads(raw)
         if reply.get("intr"):
             raise KeyboardInterrupt
         line: str = reply.get("d", "")
         return line
+
+
+class _SocketChannel(_Channel):
+    """Over a local worker's standard input, a socket whose other end the driver holds: plain
+    blocking I/O, so it works in any thread, the event loop's included."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def receive(self) -> dict[str, Any] | None:
+        raw = self._reader.readline()
+        return json.loads(raw) if raw else None
+
+
+class ConnectionChannel(_Channel):
+    """Over the machine's authenticated connection (a machine on another host): the driver
+    follows ``Supervisor.debugger`` and answers with ``Supervisor.debugger_input``. The event
+    loop carries the messages, so a session cannot start on the loop's own thread (an async
+    method): it would stop the loop, and the connection with it."""
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._loop_thread = threading.get_ident()
+        self._send, self.outbox = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self.inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._token.run_sync_soon(self._send.send_nowait, message)
+
+    def receive(self) -> dict[str, Any] | None:
+        return self.inbox.get()
+
+    def refusal(self) -> str | None:
+        if threading.get_ident() != self._loop_thread:
+            return None
+        return (
+            "bigactor: breakpoint() in an async method of a machine on another host is skipped: "
+            "it would stop the machine's event loop, and with it the connection the debugger "
+            "needs. Put it in a sync method (def), or run the actor on a local machine."
+        )
 
 
 class RemotePdb(pdb.Pdb):
@@ -120,31 +171,41 @@ def _hook(*args: Any, **kwargs: Any) -> None:
     channel = _channel
     if channel is None:  # pragma: no cover - installed only with a channel
         return
+    why = channel.refusal()
+    if why is not None:
+        print(why, file=sys.stderr, flush=True)
+        return
     RemotePdb(channel).set_trace(sys._getframe(1))
 
 
 def post_mortem(exc: BaseException) -> None:
     """Open a post-mortem session on ``exc``'s traceback (``open_cluster(debug=True)``)."""
-    if _channel is not None and exc.__traceback__ is not None:
+    if _channel is not None and exc.__traceback__ is not None and _channel.refusal() is None:
         debugger = RemotePdb(_channel)
         debugger.reset()
         debugger.interaction(None, exc.__traceback__)
 
 
-def install(on_resume: Callable[[], None]) -> bool:
-    """Make ``breakpoint()`` open a session in the driver's terminal, if this worker's standard
-    input is the driver's debug socket and ``PYTHONBREAKPOINT`` does not choose otherwise;
-    ``on_resume`` runs after each session (the worker's watchdog forgives the pause). Returns
-    whether it did."""
+def install(on_resume: Callable[[], None], over_connection: bool = False) -> _Channel | None:
+    """Make ``breakpoint()`` open a session in the driver's terminal, unless
+    ``PYTHONBREAKPOINT`` chooses otherwise: over this worker's standard input when it is the
+    driver's debug socket (a local worker), else, with ``over_connection`` (a machine on another
+    host), over the machine's connection (call from the event loop's thread). ``on_resume``
+    runs after each session (the worker's watchdog forgives the pause). Returns the channel,
+    or None if there is none."""
     global _channel, _on_resume
     if "PYTHONBREAKPOINT" in os.environ:
-        return False
+        return None
     try:
-        if not stat.S_ISSOCK(os.fstat(0).st_mode):
-            return False
+        local = stat.S_ISSOCK(os.fstat(0).st_mode)
     except OSError:
-        return False
-    _channel = _Channel(socket.socket(fileno=os.dup(0)))
+        local = False
+    if local:
+        _channel = _SocketChannel(socket.socket(fileno=os.dup(0)))
+    elif over_connection:
+        _channel = ConnectionChannel()
+    else:
+        return None
     _on_resume = on_resume
     sys.breakpointhook = _hook
-    return True
+    return _channel

@@ -19,6 +19,7 @@ from .. import _rpc
 from .._actor import cluster_var
 from .._cluster import Cluster
 from .._contract import POST_MORTEM_ENV, WorkerConfig
+from . import _breakpoint
 from ._capture import OutputCapture
 from ._supervisor import Worker
 
@@ -82,9 +83,10 @@ async def serve_worker(
             titled=process_title,
         )
         if breakpoints:
-            from . import _breakpoint
-
-            if _breakpoint.install(worker.forgive_pause) and os.environ.get(POST_MORTEM_ENV) == "1":
+            channel = _breakpoint.install(worker.forgive_pause, over_connection=capture_output)
+            if isinstance(channel, _breakpoint.ConnectionChannel):
+                worker.debugger = channel
+            if channel is not None and os.environ.get(POST_MORTEM_ENV) == "1":
                 _rpc.set_post_mortem(_breakpoint.post_mortem)
         await nursery.start(worker.serve, listener)
         task_status.started(worker)

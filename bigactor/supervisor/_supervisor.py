@@ -33,6 +33,7 @@ from .._contract import SYNC_MARKER, DiskInfo, Info, KeepaliveReply, LoadInfo, M
 from .._errors import CodecError, ServiceNotFound
 from .._title import set_title, worker_title
 from . import _introspect
+from ._breakpoint import ConnectionChannel
 from ._capture import OutputCapture
 
 log = logging.getLogger("bigactor.supervisor")
@@ -250,6 +251,21 @@ class Supervisor:
                 since += 1
             await worker.wait_notice()
 
+    async def debugger(self) -> AsyncIterator[dict[str, Any]]:
+        """The messages of this machine's debugger sessions (``breakpoint()`` in an actor), for
+        the driver's terminal, on a machine whose sessions go over its connection (another
+        host's; see ``_breakpoint``); ends at once on any other."""
+        channel = self._worker.debugger
+        if channel is None:
+            return
+        async for message in channel.outbox:
+            yield message
+
+    async def debugger_input(self, reply: dict[str, Any]) -> None:
+        """The driver's answer to the waiting debugger session: a line typed, or an interrupt."""
+        if self._worker.debugger is not None:
+            self._worker.debugger.inbox.put(reply)
+
     async def output(self) -> AsyncIterator[bytes]:
         """The machine's captured stdout and stderr, in pieces as written (see ``_capture``);
         ends at once where the worker does not capture them. One reader at a time: a new
@@ -298,6 +314,8 @@ class Worker:
         self._started = time.time()
         self._deadline = trio.current_time() + watchdog.boot_grace
         self._forgive = False
+        #: the debugger sessions' way to the driver over the connection (another host's machine)
+        self.debugger: ConnectionChannel | None = None
         self.healthy = True
         self.exited: int | None = None
         #: this process's stdout and stderr, where the worker captures them for the driver

@@ -132,6 +132,7 @@ async def serve_remote(
             exit=exit,
             capture_output=True,
             process_title=True,
+            breakpoints=True,
         )
         worker = await nursery.start(start)
         imds = config.extra.get(IMDS_EXTRA)
