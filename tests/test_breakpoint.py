@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -44,9 +45,9 @@ class Stops:
 class Terminal:
     """A driver program on a pseudo-terminal: read what it shows, type at it."""
 
-    def __init__(self, tmp_path: Path, body: str) -> None:
+    def __init__(self, tmp_path: Path, body: str, *, whole: bool = False) -> None:
         script = tmp_path / "driver.py"
-        script.write_text(PROGRAM + textwrap.dedent(body))
+        script.write_text(body if whole else PROGRAM + textwrap.dedent(body))
         self.master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             [sys.executable, str(script)],
@@ -121,8 +122,8 @@ def terminal(tmp_path: Path) -> Iterator[list[Terminal]]:
             t.kill()
 
 
-def run(terminal: list[Terminal], tmp_path: Path, body: str) -> Terminal:
-    t = Terminal(tmp_path, body)
+def run(terminal: list[Terminal], tmp_path: Path, body: str, *, whole: bool = False) -> Terminal:
+    t = Terminal(tmp_path, body, whole=whole)
     terminal.append(t)
     return t
 
@@ -258,4 +259,20 @@ def test_a_machine_on_another_host_debugs_over_its_connection(
     t.expect("result 41")
     rest = t.expect("aresult 101") + t.rest()  # the worker's stderr arrives in its own time
     assert "breakpoint() in an async method of a machine on another host is skipped" in rest
+    assert t.finish() == 0, t.tail()
+
+
+def test_the_readme_debugging_example_works_as_its_comment_says(
+    terminal: list[Terminal], tmp_path: Path
+) -> None:
+    """The README's debug.py under a terminal: `p y` shows 40, `c` lets it print result 41."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"```python\n(# debug\.py.*?)```", readme, re.S)
+    assert block, "no debug.py block in the README"
+    t = run(terminal, tmp_path, block.group(1), whole=True)
+    t.expect("(Pdb) ")
+    t.type("p y\n")
+    assert "40" in t.expect("(Pdb) ")
+    t.type("c\n")
+    t.expect("result 41")
     assert t.finish() == 0, t.tail()
