@@ -111,10 +111,11 @@ from ._errors import (
     TransportError,
 )
 from ._gather import ActorPool, as_completed, gather
-from ._machine import Machine, Notice, RemoteStream, State
+from ._machine import Machine, Notice, State
 from ._options import Restart, SpawnOptions
 from ._rpc import MethodCancelled, Transport, cancelled, idempotent
 from ._shared import Shared
+from ._stream import RemoteStream
 from ._system import Instance, KeepaliveConfig, System
 from ._version import __version__
 from .supervisor import Context

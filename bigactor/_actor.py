@@ -18,7 +18,8 @@ from ._errors import CallNotSent, MachineLost, TransportError
 from ._rpc._server import ASYNC_GEN, SYNC_GEN
 
 if TYPE_CHECKING:
-    from ._machine import Machine, RemoteStream
+    from ._machine import Machine
+    from ._stream import RemoteStream
 
 
 class _Dialer(Protocol):

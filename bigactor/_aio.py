@@ -37,7 +37,8 @@ import trio
 from ._actor import ActorHandle
 from ._cluster import Cluster, Spawner
 from ._errors import ClusterClosed
-from ._machine import Machine, RemoteStream
+from ._machine import Machine
+from ._stream import RemoteStream
 
 #: the Trio objects an asyncio program gets as proxies
 _PROXIED = (Cluster, Spawner, ActorHandle, Machine, RemoteStream)
