@@ -143,6 +143,12 @@ def test_classes_defined_again_in_a_cell_keep_their_identity(kernel: Kernel) -> 
     ) == ["True True"]
     assert kernel.run("print(type(await w.me()) is old)") == ["True"]
     assert kernel.run("await cluster.aclose()") == []
+    within_one_cell = (
+        "async with bigactor.open_cluster() as c2:\n"
+        "    h = await c2.spawn(Worker)\n"
+        "    print(type(await h.me()) is Worker)"
+    )
+    assert kernel.run(within_one_cell) == ["True"]  # a cluster that lives inside one cell
 
 
 def test_an_interrupt_cancels_the_cells_calls_never_the_cluster(kernel: Kernel) -> None:
