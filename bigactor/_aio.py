@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 import weakref
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
@@ -97,7 +96,7 @@ async def _acquire() -> _Guest:
     loop = asyncio.get_running_loop()
     guest = _guests.get(loop)
     if guest is None:
-        if threading.current_thread() is threading.main_thread() and _trio_running():
+        if _trio_running():
             raise RuntimeError("bigactor under asyncio: a Trio run is already active in this thread")
         guest = _guests[loop] = _Guest(loop)
         guest.start()
