@@ -315,7 +315,9 @@ def render(doc: dict[str, Any]) -> str:
     if "memory" in res:
         lines += [memory_table(res["memory"]), ""]
     if "scaling" in res:
-        lines += [markdown(FIGURE_HEADER, figure_rows(res["scaling"]["cold_start"])), ""]
+        cold = res["scaling"]["cold_start"]
+        rows = [row for f in (cold if isinstance(cold, list) else [cold]) for row in figure_rows(f)]
+        lines += [markdown(FIGURE_HEADER, rows), ""]
         lines += [scaling_table(res["scaling"]), ""]
     if "simulation" in res:
         lines += [simulation_table(res["simulation"]), ""]

@@ -4,7 +4,7 @@ One cluster is grown to each size in turn (1, 4, 16, 64 by default). At each siz
 calls going round-robin over all its machines, and pipelined calls spread over all of them,
 each beside the same workload over as many raw trio TCP echo servers (one process each), run by
 run: what as many processes sharing the cores cost without bigactor. Before that, cold start of
-``scale_cold`` machines, beside its process-spawn floors. The shared cluster and the other
+each ``scale_cold`` size, beside its process-spawn floors. The shared cluster and the other
 sections' floor servers are stopped first, so only this section's processes are alive.
 """
 
@@ -43,7 +43,7 @@ async def scaling(bench: Bench) -> Section:
     o = bench.options
     await bench.close_cluster()
     await bench.close_floors()
-    [cold] = (await cold_figures((o.scale_cold,), o.runs)).values()
+    cold = list((await cold_figures(o.scale_cold, o.runs)).values())
     steps = []
     async with bigactor.open_cluster() as cluster:
         machines: list[bigactor.Machine] = []
