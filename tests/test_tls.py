@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bigactor import TransportError, _codec, _pki, _rpc
-from bigactor._rpc import Kind
+from bigactor._rpc import Kind, _tls
 from bigactor._rpc._tls import (
     HANDSHAKE_TIMEOUT,
     TLSError,
@@ -605,3 +605,31 @@ def test_connecting_raw_sockets_keeps_nodelay() -> None:
                 return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
         assert trio.run(main) != 0
+
+
+def _rto_max_supported() -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.setsockopt(socket.IPPROTO_TCP, _tls._RTO_MAX_OPTION, 1000)
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.skipif(not _rto_max_supported(), reason="this kernel has no TCP_RTO_MAX_MS (Linux < 6.15)")
+async def test_tls_sockets_resend_at_least_every_second() -> None:
+    """The socket under a TLS stream has its retransmission backoff capped (TCP_RTO_MAX_MS), so
+    a flapping link cannot back a connection off past the keepalive timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = trio.socket.socket()
+    await client.connect(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        for raw in (client, trio.socket.from_stdlib_socket(server)):
+            sock = _tls._detach(trio.SocketStream(raw))
+            assert sock.getsockopt(socket.IPPROTO_TCP, _tls._RTO_MAX_OPTION) == _tls.RTO_MAX_MS
+            sock.close()
+    finally:
+        listener.close()

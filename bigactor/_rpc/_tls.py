@@ -80,6 +80,14 @@ _EXPIRED_HINT = (
     "the driver renews the cluster's certificates before they expire; its log says why this "
     "one was not renewed"
 )
+#: Linux 6.15's TCP_RTO_MAX_MS (not named by Python's socket module yet): the longest the kernel
+#: waits before resending unacknowledged data. By default it backs off to 120 s: on a link that
+#: flaps (up half the time), resends that keep landing in the down phases back off past the
+#: keepalive timeout, and a machine whose link works half the time is declared lost. Capped,
+#: a resend goes out at least every RTO_MAX_MS, so each up phase carries one.
+_RTO_MAX_OPTION: int = getattr(socket, "TCP_RTO_MAX_MS", 44)
+RTO_MAX_MS = 1000
+
 #: Linux's TCP_CORK: while set, the kernel sends only full segments
 _CORK: int | None = getattr(socket, "TCP_CORK", None)
 CORK_AT = 1 << 20  # writes from this size on are corked
@@ -377,6 +385,8 @@ def _detach(stream: trio.abc.Stream) -> socket.socket:
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+    with contextlib.suppress(OSError):  # Linux before 6.15 has no such option: its default stays
+        sock.setsockopt(socket.IPPROTO_TCP, _RTO_MAX_OPTION, RTO_MAX_MS)
     return sock
 
 
